@@ -1,0 +1,237 @@
+"""The ``smite`` command: ``demo``, ``learn``, ``segment``, ``eval``, ``bench``.
+
+Bad input ends with one line ``error: ...`` naming the file or option at fault and exit code 2;
+nothing is written or overwritten in that case (outputs are checked before any work starts and
+written atomically). ``SMITE_DEBUG=1`` shows tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import SmiteError
+
+
+def _progress_bar(desc: str, total: int, unit: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+        if done >= _total:
+            bar.close()
+
+    return update
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny",
+                   help="backbone: 'tiny' (embedded default), a diffusers folder, or an SD 1.x/2.x .safetensors file")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp32 on CPU, bf16/fp16 on GPU")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                   help="override the detected prediction type of a single-file checkpoint")
+
+
+def _load_backbone(args):
+    from .backbone import load_backbone
+
+    _say(f"loading backbone {args.model} ...")
+    return load_backbone(args.model, device=args.device, dtype=args.dtype, prediction_type=args.prediction_type)
+
+
+def _segment_config(args):
+    from .segment import SegmentConfig
+
+    return SegmentConfig(window=args.window, overlap=args.overlap, inflate=not args.no_inflate, size=args.size,
+                         seed=args.seed, tracker=args.tracker, track_weight=args.track_weight,
+                         lowpass_weight=args.lowpass_weight)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_learn(args) -> int:
+    from .fileio import check_writable
+    from .learn import LearnConfig, learn_embedding
+    from .references import load_reference_folder
+
+    out = check_writable(args.out, args.overwrite)
+    if out.suffix != ".safetensors":
+        raise SmiteError(f"{out}: the embedding file must end in .safetensors")
+    references = load_reference_folder(args.refs)
+    _say(f"{len(references)} reference image(s), {references.num_segments} segments: {', '.join(references.names)}")
+    backbone = _load_backbone(args)
+    config = LearnConfig.for_backbone(backbone, steps=args.steps, seed=args.seed, size=args.size,
+                                      train_kv=False if args.tokens_only else None)
+    embedding = learn_embedding(backbone, references, config, progress=_progress_bar("learning", config.steps, "step"))
+    embedding.save(out, overwrite=args.overwrite)
+    _say(f"wrote {out}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .embedding import SegmentEmbedding
+    from .export import export_segmentation
+    from .fileio import check_writable
+    from .segment import segment_stream
+    from .video_io import open_frames
+
+    check_writable(args.out, args.overwrite)
+    config = _segment_config(args)
+    config.validate()
+    embedding = SegmentEmbedding.load(args.embedding)
+    with open_frames(args.video) as source:
+        _say(f"{source.num_frames} frame(s) of {source.width}x{source.height}; segments: {', '.join(embedding.names)}")
+        backbone = _load_backbone(args)
+        embedding.check_backbone(backbone)
+        maps = segment_stream(backbone, embedding, source, config,
+                              progress=_progress_bar("segmenting", source.num_frames, "frame"))
+        overlay = None if args.overlay == "none" else args.overlay
+        summary = export_segmentation(args.out, maps, source, embedding.names, overlay_format=overlay,
+                                      overwrite=args.overwrite)
+    _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
+         + (f" and {summary['overlay']}" if summary["overlay"] else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .fileio import check_writable
+    from .metrics import evaluate_folders, write_metrics_json
+
+    if args.json:
+        check_writable(args.json, args.overwrite)
+    metrics = evaluate_folders(args.pred, args.gt)
+    _print_metrics(metrics)
+    if args.json:
+        write_metrics_json(metrics, args.json, overwrite=args.overwrite)
+        _say(f"wrote {args.json}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"frames {metrics['frames']}  J {fmt(metrics['J'])}  F {fmt(metrics['F'])}  J&F {fmt(metrics['J&F'])}  "
+          f"mIoU {fmt(metrics['mIoU'])}  flicker {fmt(metrics['flicker'])}")
+    for name, iou in metrics["per_class_iou"].items():
+        print(f"  {name:>16s}  IoU {fmt(iou)}")
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps, frames=args.frames, seed=args.seed, overwrite=args.overwrite,
+             device=args.device, progress_factory=_progress_bar, say=_say)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(frames=args.frames, size=args.size, model=args.model, device=args.device, dtype=args.dtype,
+                       inflate=not args.no_inflate, say=_say)
+    for key, value in result.items():
+        if not args.json:
+            print(f"{key:>24s}  {value}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smite", description="SMITE: segment a video into your own parts, "
+                                     "learned from 1-10 annotated reference images.")
+    parser.add_argument("--version", action="version", version=f"smite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="offline demo: make a procedural example, learn, segment, evaluate")
+    p.add_argument("--out", default="smite-demo", help="output folder (default: smite-demo)")
+    p.add_argument("--steps", type=int, default=None, help="learning steps (default: the backbone's recommendation)")
+    p.add_argument("--frames", type=int, default=24, help="frames in the demo video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("learn", help="learn a segment embedding from annotated reference images")
+    p.add_argument("--refs", required=True, help="folder with images/ and labels/ (+ optional segments.json)")
+    p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: backbone recommendation, 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="training image side (default: the backbone's resolution)")
+    p.add_argument("--tokens-only", action="store_true", help="learn only the segment tokens, not cross-attention K/V")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing embedding file")
+    _add_backbone_args(p)
+    p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("segment", help="segment a video with a learned embedding")
+    p.add_argument("--video", required=True, help="a video file (mp4, mov, webm, mkv, avi, gif) or a folder of frames")
+    p.add_argument("--embedding", required=True, help="embedding file from 'smite learn'")
+    p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json)")
+    p.add_argument("--window", type=int, default=16, help="frames per inflated-UNet window")
+    p.add_argument("--overlap", type=int, default=8, help="frames shared by consecutive windows")
+    p.add_argument("--no-inflate", action="store_true", help="per-frame segmentation (the paper's Baseline-I)")
+    p.add_argument("--size", type=int, default=None, help="working resolution (default: the backbone's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracker", default="none", choices=["none", "flow", "cotracker"],
+                   help="point tracker for temporal voting (not implemented yet: only 'none')")
+    p.add_argument("--track-weight", type=float, default=0.0, help="tracking energy weight (not implemented yet: 0)")
+    p.add_argument("--lowpass-weight", type=float, default=0.0, help="low-pass energy weight (not implemented yet: 0)")
+    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_backbone_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("eval", help="score predicted label maps against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted label PNGs (or its labels/ subfolder)")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs (or its labels/ subfolder)")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="time each pipeline stage on a procedural video")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the backbone's resolution)")
+    p.add_argument("--no-inflate", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _add_backbone_args(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SmiteError as err:
+        _say(f"error: {err}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted; nothing was written")
+        return 130
+    except Exception as err:  # an unexpected failure: one line unless debugging
+        if os.environ.get("SMITE_DEBUG"):
+            raise
+        _say(f"error: internal error {type(err).__name__}: {' '.join(str(err).split())[:300]} "
+             "(set SMITE_DEBUG=1 for details)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

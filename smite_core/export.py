@@ -1,0 +1,48 @@
+"""Writing a segmentation to disk, frame by frame, into a complete folder or nothing.
+
+Layout: ``OUT/labels/00000.png ...`` (palette PNGs at the input frame size), ``OUT/overlay.mp4``
+(or ``.gif``) and ``OUT/segments.json``. The folder is assembled under a temporary name and
+renamed at the end (``fileio.atomic_dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .fileio import atomic_dir
+from .label_png import save_label_png
+from .video_io import open_video_writer, overlay
+from .was import labels_from_was
+
+
+def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, torch.Tensor]], source, names: list[str],
+                        overlay_format: str | None = "mp4", overwrite: bool = False) -> dict:
+    """Consume ``(frame_index, WAS [K,h,w])`` pairs in order and write labels, overlay and names.
+
+    ``source`` supplies the frames (``read``, ``height``, ``width``, ``fps``) for sizes and the overlay.
+    Returns ``{"frames": n, "labels": dir, "overlay": path | None, "label_counts": [K]}``.
+    """
+    out_dir = Path(out_dir)
+    size = (source.height, source.width)
+    counts = torch.zeros(len(names), dtype=torch.long)
+    written = 0
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, contextlib.ExitStack() as stack:
+        (tmp / "labels").mkdir()
+        (tmp / "segments.json").write_text(json.dumps(names, indent=1))
+        overlay_name = f"overlay.{overlay_format}" if overlay_format else None
+        writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
+        for index, was in maps:
+            labels = labels_from_was(was[None], size)[0]
+            counts += torch.bincount(labels.flatten().long(), minlength=len(names))[: len(names)]
+            save_label_png(tmp / "labels" / f"{index:05d}.png", labels.numpy())
+            if writer:
+                writer.write(overlay(source.read(index, index + 1), labels[None]))
+            written += 1
+    return {"frames": written, "labels": str(out_dir / "labels"),
+            "overlay": str(out_dir / overlay_name) if overlay_name else None, "label_counts": counts.tolist()}

@@ -1,0 +1,73 @@
+"""Atomic file writing: write to a temporary name in the target folder, then rename.
+
+A crash, an interrupt or an error while writing never leaves a half-written file under the
+final name, and an existing file is never replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputExistsError
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing ``path`` unless ``overwrite``; return it as a Path."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if path.exists() and not overwrite:  # appeared while we were writing
+            raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success move it to ``path``.
+
+    With ``overwrite`` an existing folder is replaced only after the new one is complete.
+    """
+    import shutil
+
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_path
+        if path.exists():
+            if not overwrite:
+                raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp_path, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            shutil.rmtree(tmp_path, ignore_errors=True)

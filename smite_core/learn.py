@@ -1,0 +1,163 @@
+"""Learning stage: optimise the segment embedding on the annotated reference images (method.md 3).
+
+Each step takes one augmented reference, noises its VAE latent to a random t in [5, 100], runs the
+UNet once on the *conditional* branch only (the reference's CFG-100 branch is dropped) and
+minimises::
+
+    L = L_CE(CA, mask) + L_MSE(WAS_train, one-hot mask) + 0.005 * L_SD
+
+Phase 1 (the first ``token_phase`` of the steps) trains only the K-1 segment tokens; phase 2
+fine-tunes every cross-attention ``to_k``/``to_v`` together with the tokens at a lower rate (the
+paper's wording; the reference code's permanent freeze, D9, is not copied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .augment import AugmentConfig, augment_pair
+from .backbone import Backbone
+from .embedding import MAX_SEGMENTS, SegmentEmbedding, build_context, initial_tokens
+from .errors import InputError
+from .inversion import encode_frames
+from .references import ReferenceSet
+from .unet_pass import unet_forward
+from .was import cross_attention_logits, was_train
+
+
+@dataclass
+class LearnConfig:
+    """Learning hyper-parameters; defaults follow the reference recipe (method.md 3.3-3.5)."""
+
+    steps: int = 300
+    token_phase: float = 0.17  # share of the steps that train the tokens alone
+    lr_tokens: float = 0.1
+    lr_tokens_joint: float = 0.01  # token learning rate while K/V are fine-tuned
+    lr_kv: float = 1e-6
+    train_kv: bool = True
+    timesteps: tuple[int, int] = (5, 100)  # inclusive training range of t
+    weight_ce: float = 1.0
+    weight_mse: float = 1.0
+    weight_sd: float = 0.005
+    grad_clip_tokens: float = 1000.0
+    size: int | None = None  # training image side; None = the backbone's resolution
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, **overrides) -> "LearnConfig":
+        """Defaults adjusted by the backbone's recommendations (``smite.json`` ``"learn"``), then ``overrides``."""
+        recommended = dict(backbone.components.extra.get("learn", {}))
+        recommended.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **recommended)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Background 1; present foreground class c: N_fg / N_c; absent classes 0. ``labels [h,w]``."""
+    counts = torch.bincount(labels.flatten(), minlength=num_classes).float()
+    weights = torch.zeros(num_classes, device=labels.device)
+    weights[0] = 1.0
+    foreground = counts[1:].sum()
+    present = counts[1:] > 0
+    weights[1:][present] = foreground / counts[1:][present]
+    return weights
+
+
+def segmentation_losses(record, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """L_CE on the cross-attention logits and L_MSE on the training WAS. ``labels [h,w]`` at latent size."""
+    ca = cross_attention_logits(record)  # [1,K,h,w]
+    target = labels[None].to(ca.device)
+    ce = F.cross_entropy(ca, target, weight=class_weights(target[0], num_classes))
+    was = was_train(record)
+    onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
+    mse = num_classes * F.mse_loss(was, onehot)
+    return {"ce": ce, "mse": mse}
+
+
+def _training_target(backbone: Backbone, latents, noise, t):
+    if backbone.components.prediction_type == "v_prediction":
+        return backbone.scheduler.get_velocity(latents, noise, t)
+    return noise
+
+
+def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnConfig | None = None,
+                    progress: Callable[[int, int], None] | None = None,
+                    on_step: Callable[[int, dict], None] | None = None) -> SegmentEmbedding:
+    """Learn a :class:`SegmentEmbedding` for ``references`` on ``backbone``. Deterministic per seed.
+
+    ``progress(done, total)`` is called after every step; ``on_step(step, losses)`` receives floats.
+    """
+    config = config or LearnConfig()
+    references.validate()
+    k = references.num_segments
+    if not 2 <= k <= MAX_SEGMENTS + 1:
+        raise InputError(f"references: {k} segments; between 2 and {MAX_SEGMENTS + 1} (background included) are supported")
+    if config.steps < 1:
+        raise InputError(f"steps: must be at least 1 (got {config.steps})")
+    device = backbone.device
+    side = config.size or backbone.resolution
+    side = max(backbone.size_multiple, side // backbone.size_multiple * backbone.size_multiple)
+    latent_side = side // backbone.latent_factor
+    gen = torch.Generator().manual_seed(config.seed)
+
+    empty = backbone.encode_empty_prompt()
+    tokens = initial_tokens(backbone, references.names).to(device, torch.float32).requires_grad_(True)
+    kv_names = backbone.cross_attention_kv_names() if config.train_kv else []
+    params = dict(backbone.unet.named_parameters())
+    kv = {n: params[n].detach().to(torch.float32).clone().requires_grad_(True) for n in kv_names}
+    phase1_steps = min(config.steps, max(1, round(config.steps * config.token_phase))) if kv else config.steps
+    opt_tokens = torch.optim.Adam([tokens], lr=config.lr_tokens)
+    opt_kv = torch.optim.Adam(list(kv.values()), lr=config.lr_kv) if kv else None
+
+    order: list[int] = []
+    for step in range(config.steps):
+        if not order:
+            order = torch.randperm(len(references), generator=gen).tolist()
+        index = order.pop()
+        image = references.images[index].permute(2, 0, 1)
+        image, labels = augment_pair(image, references.labels[index], (side, side), gen, config.augment,
+                                     part_index=step % k)
+        latents = encode_frames(backbone, image.permute(1, 2, 0)[None], (side, side))
+        small = F.interpolate(labels[None, None].float(), size=(latent_side, latent_side), mode="nearest")[0, 0].long()
+        t = int(torch.randint(config.timesteps[0], config.timesteps[1] + 1, (1,), generator=gen))
+        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+        t_tensor = torch.tensor([t], device=device)
+        noisy = backbone.scheduler.add_noise(latents, noise, t_tensor)
+
+        joint = step >= phase1_steps
+        out, record = unet_forward(backbone, noisy, t, build_context(empty, tokens), k,
+                                   kv=kv if joint else None, inflate=False, pool_norm=False)
+        losses = segmentation_losses(record, small.to(device), k)
+        losses["sd"] = F.mse_loss(out.float(), _training_target(backbone, latents, noise, t_tensor).float())
+        total = config.weight_ce * losses["ce"] + config.weight_mse * losses["mse"] + config.weight_sd * losses["sd"]
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"learning diverged at step {step} (loss {total.item()}); lower the learning rates")
+
+        opt_tokens.zero_grad(set_to_none=True)
+        if opt_kv:
+            opt_kv.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([tokens], config.grad_clip_tokens)
+        if joint:
+            for group in opt_tokens.param_groups:
+                group["lr"] = config.lr_tokens_joint
+            opt_kv.step()
+        opt_tokens.step()
+        if on_step:
+            on_step(step, {name: float(v.detach()) for name, v in {**losses, "total": total}.items()})
+        if progress:
+            progress(step + 1, config.steps)
+
+    trained_kv = {n: v.detach() for n, v in kv.items()} if kv and config.steps > phase1_steps else {}
+    meta = {
+        "smite_version": __version__, "backbone": backbone.components.source, "family": backbone.family,
+        "resolution": side, "steps": config.steps, "seed": config.seed, "references": len(references),
+        "learn_config": {k2: v for k2, v in asdict(config).items() if k2 != "augment"},
+    }
+    return SegmentEmbedding(tokens=tokens.detach(), names=list(references.names),
+                            backbone_fingerprint=backbone.fingerprint, kv=trained_kv, meta=meta)

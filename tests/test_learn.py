@@ -1,0 +1,61 @@
+"""Learning stage: what is trained, determinism, the two phases, bad settings."""
+
+import pytest
+import torch
+from conftest import blob_reference
+
+from smite_core.errors import InputError
+from smite_core.learn import LearnConfig, class_weights, learn_embedding
+from smite_core.references import reference_set_from_label_maps
+
+
+@pytest.fixture(scope="module")
+def refs():
+    image, labels = blob_reference(64)
+    return reference_set_from_label_maps(image[None], labels[None], ["background", "disk", "corner"])
+
+
+def test_class_weights_follow_the_reference_rule():
+    labels = torch.tensor([[0, 0, 1, 1], [1, 1, 2, 0]])
+    w = class_weights(labels, 4)
+    assert w.tolist() == [1.0, 5 / 4, 5 / 1, 0.0]
+
+
+def test_only_tokens_and_cross_attention_kv_are_trained(tiny_backbone, refs):
+    before = {n: p.detach().clone() for n, p in tiny_backbone.unet.named_parameters()}
+    config = LearnConfig(steps=4, token_phase=0.5, lr_kv=1e-2, size=64, seed=3)
+    emb = learn_embedding(tiny_backbone, refs, config)
+    for n, p in tiny_backbone.unet.named_parameters():  # the shared backbone is untouched
+        assert torch.equal(p, before[n]) and p.grad is None and not p.requires_grad
+    assert set(emb.kv) == set(tiny_backbone.cross_attention_kv_names())
+    assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in emb.kv)
+    changed = [n for n, v in emb.kv.items() if not torch.equal(v, before[n])]
+    assert len(changed) == len(emb.kv)  # phase 2 moved every K/V matrix
+    assert emb.tokens.shape == (2, tiny_backbone.context_dim)
+    assert emb.meta["steps"] == 4 and emb.meta["seed"] == 3 and emb.meta["resolution"] == 64
+
+
+def test_tokens_only_and_determinism(tiny_backbone, refs):
+    config = LearnConfig(steps=2, train_kv=False, size=64, seed=7)
+    a = learn_embedding(tiny_backbone, refs, config)
+    b = learn_embedding(tiny_backbone, refs, config)
+    assert a.kv == {} and torch.equal(a.tokens, b.tokens)
+    c = learn_embedding(tiny_backbone, refs, LearnConfig(steps=2, train_kv=False, size=64, seed=8))
+    assert not torch.equal(a.tokens, c.tokens)
+    from smite_core.embedding import initial_tokens
+
+    assert not torch.equal(a.tokens, initial_tokens(tiny_backbone, refs.names))  # tokens did move
+
+
+def test_losses_decrease_on_a_single_reference(tiny_backbone, refs):
+    from smite_core.augment import AugmentConfig
+
+    seen = []
+    config = LearnConfig(steps=30, train_kv=False, size=64, augment=AugmentConfig.none(), timesteps=(50, 50))
+    learn_embedding(tiny_backbone, refs, config, on_step=lambda step, losses: seen.append(losses["ce"]))
+    assert sum(seen[-5:]) / 5 < sum(seen[:5]) / 5
+
+
+def test_bad_settings(tiny_backbone, refs):
+    with pytest.raises(InputError, match="steps"):
+        learn_embedding(tiny_backbone, refs, LearnConfig(steps=0))
