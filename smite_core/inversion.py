@@ -55,11 +55,3 @@ def add_noise(backbone: Backbone, latents: torch.Tensor, timestep: int, generato
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     t = torch.tensor([timestep], dtype=torch.long)
     return backbone.scheduler.add_noise(latents, noise, t.to(latents.device))
-
-
-def invert_frames(backbone: Backbone, frames: torch.Tensor, size: tuple[int, int], generator: torch.Generator,
-                  timesteps: tuple[int, int] = DEFAULT_TIMESTEPS) -> tuple[torch.Tensor, int]:
-    """Frames ``[n,H,W,3]`` -> (noised latents ``[n,4,h,w]``, timestep): encode once, noise once."""
-    latents = encode_frames(backbone, frames, size)
-    t = sample_timestep(generator, timesteps)
-    return add_noise(backbone, latents, t, generator), t

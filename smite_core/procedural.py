@@ -18,6 +18,7 @@ float32 ``(dx, dy)`` pixels. Everything is a pure function of ``(category, seed,
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import math
 import os
@@ -792,7 +793,7 @@ def _house(rng, lab) -> _Instance:
     nwin = int(rng.integers(1, len(free) + 1))
     for i in sorted(rng.choice(free, nwin, replace=False)):
         cx = -ww / 2 + slot * (i + .5)
-        t = _Tex(**{**win_tex.__dict__, "center": (cx, cy)})
+        t = dataclasses.replace(win_tex, center=(cx, cy))
         windows.append(_Part(lab["window"], [_poly(_rrect(cx - ws / 2, cy - ws / 2, cx + ws / 2,
                                                           cy + ws / 2))], t, bevel=1.2,
                              deco=[(_stroke([(cx, cy - ws / 2), (cx, cy + ws / 2)], 1.3), frame_c),
@@ -1033,9 +1034,14 @@ def _occ_matrix(o: _Occluder, p: float) -> np.ndarray:
 
 def _make_occluder(rng, H, W, pose: _Pose, T: int, unit: float) -> _Occluder:
     m = min(H, W)
-    horizontal = rng.random() < 0.7
-    beta = (0.0 if horizontal else 90.0) + _u(rng, -25, 25) + (180.0 if rng.random() < .5 else 0.0)
+    t_c = _u(rng, .3, .7) * max(T - 1, 0)  # frame at which it crosses the object's centre
+    phase = 2 * np.pi * t_c / pose.c_per + pose.c_ph
+    c = pose.c_mid + pose.c_amp * np.sin(phase)
+    c_vel = pose.c_amp * 2 * np.pi / pose.c_per * np.cos(phase)
+    beta = (0.0 if rng.random() < 0.7 else 90.0) + _u(rng, -25, 25)
     d = np.array([math.cos(math.radians(beta)), math.sin(math.radians(beta))])
+    if d @ c_vel > 0:  # sweep against the object's motion so the occlusion stays short
+        beta, d = beta + 180.0, -d
     n = np.array([-d[1], d[0]])
     if rng.random() < 0.6:  # pole spanning the frame, oriented along the normal
         w, ln = _u(rng, .07, .13) * m, 2.5 * max(H, W)
@@ -1044,9 +1050,9 @@ def _make_occluder(rng, H, W, pose: _Pose, T: int, unit: float) -> _Occluder:
                       outline=.3)
         angle, extent_d, q_off = beta + _u(rng, -10, 10), w * 0.8, 0.0
     else:  # big blob passing over part of the object
-        r = _u(rng, .14, .2) * m
-        shape = _Part(0, [_poly(_blob(rng, 0, 0, r, .3))], _random_texture(rng, unit, radius=r, extent=(-2 * r - 10, 2 * r + 10)),
-                      bevel=r * .2, outline=.3)
+        r = _u(rng, .11, .17) * m
+        tex = _random_texture(rng, unit, radius=r, extent=(-2 * r - 10, 2 * r + 10))
+        shape = _Part(0, [_poly(_blob(rng, 0, 0, r, .3))], tex, bevel=r * .2, outline=.3)
         angle, extent_d, q_off = _u(rng, 0, 360), r * 1.6, _u(rng, -.12, .12) * m
     patch, L = _render_part(shape, 1.0)
     h, w_ = patch.shape[:2]
@@ -1055,8 +1061,6 @@ def _make_occluder(rng, H, W, pose: _Pose, T: int, unit: float) -> _Occluder:
     period = _u(rng, 20, 32)
     length = abs(W * d[0]) + abs(H * d[1]) + 2 * extent_d + 4
     v = length / period
-    t_c = _u(rng, .3, .7) * max(T - 1, 0)
-    c = pose.c_mid + pose.c_amp * np.sin(2 * np.pi * t_c / pose.c_per + pose.c_ph)
     return _Occluder(patch, L, centre, d, n, float((c - F) @ d), t_c, v, length,
                      float((c - F) @ n) + q_off, angle, F)
 
@@ -1113,6 +1117,10 @@ class _Scene:
 
 def _make_scene(ss: np.random.SeedSequence, category: str, H: int, W: int, T: int, still: bool,
                 occluder: bool) -> _Scene:
+    """Sample everything about one clip (independent child streams per component).
+
+    ``still`` samples a reference: random articulation time, no motion, no occluder.
+    """
     r_inst, r_pose, r_bg, r_occ, r_light, r_noise, r_time = (np.random.default_rng(s)
                                                               for s in ss.spawn(7))
     unit = min(H, W) / 256.0
@@ -1140,6 +1148,12 @@ def _layer_matrices(sc: _Scene, t: float, H: int, W: int) -> list[np.ndarray]:
 
 
 def _render(sc: _Scene, T: int, H: int, W: int, want_motion: bool):
+    """Frames ``[T,H,W,3]``, labels ``[T,H,W]``, motion ``[T-1,H,W,2]``, occluder ``[T,H,W]``.
+
+    Layers (background, parts in drawing order, occluder) are composited with premultiplied
+    alpha; a pixel's label/layer is the topmost layer with coverage > 0.5, and its motion is that
+    layer's affine map from frame t to t+1.
+    """
     frames = np.empty((T, H, W, 3), np.float32)
     labels = np.zeros((T, H, W), np.uint8)
     occm = np.zeros((T, H, W), bool)

@@ -18,7 +18,7 @@ import torch
 from .backbone import Backbone
 from .embedding import SegmentEmbedding, build_context
 from .errors import InputError
-from .inversion import DEFAULT_TIMESTEPS, invert_frames, working_size
+from .inversion import DEFAULT_TIMESTEPS, add_noise, encode_frames, sample_timestep, working_size
 from .unet_pass import unet_forward
 from .was import was_inference
 
@@ -83,22 +83,32 @@ def blend_weights(span: tuple[int, int], previous: tuple[int, int] | None, follo
 
 @torch.no_grad()
 def segment_window(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor, config: SegmentConfig,
-                   generator: torch.Generator, context: torch.Tensor | None = None) -> torch.Tensor:
-    """WAS ``[F,K,h,w]`` (latent resolution) of one window of frames ``[F,H,W,3]`` (0..1)."""
-    size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
+                   generator: torch.Generator, context: torch.Tensor | None = None,
+                   latents: torch.Tensor | None = None) -> torch.Tensor:
+    """WAS ``[F,K,h,w]`` (latent resolution) of one window of frames ``[F,H,W,3]`` (0..1).
+
+    ``latents``: the window's clean VAE latents ``[F,4,h,w]`` if already encoded (``InvertVideo``),
+    else the frames are encoded here.
+    """
     if context is None:
         context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
-    latents, t = invert_frames(backbone, frames, size, generator, config.timesteps)
-    _, record = unet_forward(backbone, latents, t, context, embedding.num_segments, kv=embedding.kv,
+    if latents is None:
+        latents = encode_frames(backbone, frames, working_size(backbone, tuple(frames.shape[1:3]), config.size))
+    t = sample_timestep(generator, config.timesteps)
+    noisy = add_noise(backbone, latents.to(backbone.device, backbone.dtype), t, generator)
+    _, record = unet_forward(backbone, noisy, t, context, embedding.num_segments, kv=embedding.kv,
                              inflate=config.inflate, pool_norm=config.pool_norm and config.inflate)
     return was_inference(record).float().cpu()
 
 
 def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, config: SegmentConfig | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                   progress: Callable[[int, int], None] | None = None,
+                   latents: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(frame_index, WAS [K,h,w])`` for every frame of ``source`` in order, window by window.
 
     ``source`` is a ``video_io.FrameSource`` (anything with ``num_frames`` and ``read(start, stop)``).
+    ``latents``: optional clean VAE latents ``[T,4,h,w]`` of the whole video (from ``InvertVideo``);
+    without them each window's frames are encoded as they are read.
     ``progress(done_frames, total_frames)`` is called as frames are finished.
     """
     config = config or SegmentConfig()
@@ -107,13 +117,16 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     total = source.num_frames
     if total < 1:
         raise InputError("video: has no frames")
+    if latents is not None and latents.shape[0] != total:
+        raise InputError(f"latents: {latents.shape[0]} frames, but the video has {total}")
     spans = window_spans(total, config.window, config.overlap)
     generator = torch.Generator().manual_seed(config.seed)
     context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
     pending: dict[int, tuple[torch.Tensor, float]] = {}
     done = 0
     for i, span in enumerate(spans):
-        was = segment_window(backbone, embedding, source.read(*span), config, generator, context)
+        window_latents = latents[span[0]:span[1]] if latents is not None else None
+        was = segment_window(backbone, embedding, source.read(*span), config, generator, context, window_latents)
         weights = blend_weights(span, spans[i - 1] if i else None, spans[i + 1] if i + 1 < len(spans) else None)
         for j, index in enumerate(range(*span)):
             acc, wsum = pending.get(index, (0.0, 0.0))
@@ -128,9 +141,10 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
 
 
 def segment_frames(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor,
-                   config: SegmentConfig | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                   config: SegmentConfig | None = None, progress: Callable[[int, int], None] | None = None,
+                   latents: torch.Tensor | None = None) -> torch.Tensor:
     """WAS ``[T,K,h,w]`` for an in-memory video ``frames [T,H,W,3]`` (0..1)."""
     from .video_io import FrameSource
 
-    maps = [was for _, was in segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress)]
-    return torch.stack(maps)
+    stream = segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress, latents)
+    return torch.stack([was for _, was in stream])

@@ -95,3 +95,16 @@ def test_embedding_from_another_backbone_is_refused(tiny_backbone, embedding):
     other = SegmentEmbedding(embedding.tokens, embedding.names, "ffffffffffffffff")
     with pytest.raises(EmbeddingError):
         segment_frames(tiny_backbone, other, torch.rand(1, 64, 64, 3))
+
+
+def test_precomputed_latents_give_the_same_maps(tiny_backbone, embedding):
+    from smite_core.inversion import encode_frames
+
+    torch.manual_seed(3)
+    frames = torch.rand(5, 64, 64, 3)
+    config = SegmentConfig(size=64, window=4, overlap=2)
+    direct = segment_frames(tiny_backbone, embedding, frames, config)
+    latents = encode_frames(tiny_backbone, frames, (64, 64))
+    assert torch.allclose(segment_frames(tiny_backbone, embedding, frames, config, latents=latents), direct, atol=1e-5)
+    with pytest.raises(InputError, match="latents"):
+        segment_frames(tiny_backbone, embedding, frames, config, latents=latents[:3])
