@@ -144,6 +144,7 @@ def load_single_file(path, dtype=torch.float32, prediction_type: str | None = No
     _check_prediction_type(prediction_type)
 
     state, metadata = _read_state_dict(file, dtype)
+    _normalise_keys(state)
     family = _detect_family(state, file)
     base = read_family_config(family)
     try:
@@ -221,10 +222,13 @@ def _read_state_dict(file: Path, dtype) -> tuple[dict, dict]:
     """Tensors under the SD prefixes (plus ``v_pred`` and SDXL markers), cast to ``dtype``."""
 
     def wanted(key: str) -> bool:
-        return key.startswith(_WANTED_PREFIXES) or key == "v_pred" or key.startswith(SDXL_PREFIX)
+        return key.startswith(_WANTED_PREFIXES) or key == "v_pred"
 
     def cast(t):
         return t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+
+    def marker(key: str) -> bool:  # SDXL text towers: only their presence matters
+        return key.startswith(SDXL_PREFIX)
 
     suffix = file.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
@@ -233,7 +237,8 @@ def _read_state_dict(file: Path, dtype) -> tuple[dict, dict]:
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 metadata = f.metadata() or {}
-                state = {k: cast(f.get_tensor(k)) for k in f.keys() if wanted(k)}
+                state = {k: torch.empty(0) if marker(k) else cast(f.get_tensor(k))
+                         for k in f.keys() if wanted(k) or marker(k)}
         except Exception as err:  # SafetensorError, OSError, ...: a damaged or foreign file
             raise BackboneError(f"cannot read {file} as safetensors: {_first_line(err)}") from err
         return state, metadata
@@ -251,17 +256,24 @@ def _read_state_dict(file: Path, dtype) -> tuple[dict, dict]:
         state = {}
         for k in list(obj):
             value = obj.pop(k)
-            if isinstance(k, str) and torch.is_tensor(value) and wanted(k):
-                state[k] = cast(value)
+            if isinstance(k, str) and torch.is_tensor(value) and (wanted(k) or marker(k)):
+                state[k] = torch.empty(0) if marker(k) else cast(value)
         return state, {}
     raise BackboneError(f"{file}: unknown checkpoint type {file.suffix!r} (expected "
                         f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)} or a diffusers folder)")
 
 
+def _normalise_keys(state: dict) -> None:
+    """Some SD 1.x files store the CLIP tower without its ``text_model.`` level: add it."""
+    flat = [k for k in state if k.startswith(CLIP_PREFIX) and not k.startswith(CLIP_PREFIX + "text_model.")]
+    for key in flat:
+        state[CLIP_PREFIX + "text_model." + key[len(CLIP_PREFIX):]] = state.pop(key)
+
+
 def _detect_family(state: dict, file: Path) -> str:
     """``"sd1"`` or ``"sd2"`` from the text tower keys and the UNet context width."""
     if any(k.startswith(SDXL_PREFIX) for k in state):
-        raise BackboneError(f"{file}: SDXL checkpoints are not supported (only Stable Diffusion 1.x/2.x)")
+        raise BackboneError(f"{file}: SDXL checkpoints are not supported (only SD 1.x/2.x)")
     if UNET_PREFIX + "input_blocks.0.0.weight" not in state:
         raise BackboneError(f"{file}: not a Stable Diffusion 1.x/2.x checkpoint (no UNet weights "
                             f"'{UNET_PREFIX}input_blocks.*')")
@@ -360,13 +372,15 @@ def _text_config(state: dict, base: dict, family: str) -> dict:
         p = CLIP_PREFIX + "text_model."
         token = state[p + "embeddings.token_embedding.weight"]
         position = state[p + "embeddings.position_embedding.weight"]
-        layer_re, fc1 = re.compile(re.escape(p) + r"encoder\.layers\.(\d+)\."), "encoder.layers.0.mlp.fc1.weight"
+        layer_re = re.compile(re.escape(p) + r"encoder\.layers\.(\d+)\.")
+        fc1 = "encoder.layers.0.mlp.fc1.weight"
         drop_last = 0
     else:
         p = OPEN_CLIP_PREFIX
         token = state[p + "token_embedding.weight"]
         position = state[p + "positional_embedding"]
-        layer_re, fc1 = re.compile(re.escape(p) + r"transformer\.resblocks\.(\d+)\."), "transformer.resblocks.0.mlp.c_fc.weight"
+        layer_re = re.compile(re.escape(p) + r"transformer\.resblocks\.(\d+)\.")
+        fc1 = "transformer.resblocks.0.mlp.c_fc.weight"
         drop_last = 1
     layers = {int(m.group(1)) for m in map(layer_re.match, state) if m}
     hidden = int(token.shape[1])

@@ -89,6 +89,10 @@ def unet_to_ldm(state: dict, layers_per_block: int) -> dict:
     return out
 
 
+def _vae_resnet(name: str) -> str:
+    return "nin_shortcut" if name == "conv_shortcut" else name
+
+
 def vae_to_ldm(state: dict) -> dict:
     """diffusers ``AutoencoderKL`` state dict -> ``first_stage_model.*`` keys (conv 1x1 attention)."""
     n_up = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("decoder.up_blocks."))
@@ -102,18 +106,18 @@ def vae_to_ldm(state: dict) -> dict:
         elif len(parts) > 1 and parts[1] == "down_blocks":
             i = parts[2]
             if parts[3] == "resnets":
-                new = f"{side}.down.{i}.block.{parts[4]}." + parts[5].replace("conv_shortcut", "nin_shortcut")
+                new = f"{side}.down.{i}.block.{parts[4]}.{_vae_resnet(parts[5])}"
             else:
                 new = f"{side}.down.{i}.downsample.conv"
         elif len(parts) > 1 and parts[1] == "up_blocks":
             i = n_up - 1 - int(parts[2])
             if parts[3] == "resnets":
-                new = f"{side}.up.{i}.block.{parts[4]}." + parts[5].replace("conv_shortcut", "nin_shortcut")
+                new = f"{side}.up.{i}.block.{parts[4]}.{_vae_resnet(parts[5])}"
             else:
                 new = f"{side}.up.{i}.upsample.conv"
         elif len(parts) > 1 and parts[1] == "mid_block":
             if parts[2] == "resnets":
-                new = f"{side}.mid.block_{int(parts[3]) + 1}." + parts[4].replace("conv_shortcut", "nin_shortcut")
+                new = f"{side}.mid.block_{int(parts[3]) + 1}.{_vae_resnet(parts[4])}"
             else:
                 new = f"{side}.mid.attn_1." + _VAE_ATTN[".".join(parts[4:])]
                 if leaf == "weight" and value.ndim == 2:

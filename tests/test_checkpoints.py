@@ -151,6 +151,18 @@ def test_single_file_round_trip(tmp_path, family_models):
     assert comps.unet.config.cross_attention_dim == (768 if family == "sd1" else 1024)
 
 
+def test_single_file_clip_without_text_model_level(tmp_path):
+    models = tiny_models("sd1", seed=10)
+
+    def flatten(state):
+        for k in [k for k in state if k.startswith("cond_stage_model.transformer.text_model.")]:
+            state[k.replace("transformer.text_model.", "transformer.")] = state.pop(k)
+
+    comps = load_single_file(write_single(tmp_path, models, "sd1", edit=flatten))
+    assert comps.family == "sd1"
+    assert_same_weights(models[2], comps.text_encoder)
+
+
 def test_single_file_ckpt_and_dtype(tmp_path):
     models = tiny_models("sd1", seed=4)
     path = write_single(tmp_path, models, "sd1", name="model.ckpt")
@@ -186,7 +198,8 @@ def test_sd1_ignores_heuristic_but_honours_markers(tmp_path):
     marked = write_single(tmp_path, models, "sd1", name="vpred.safetensors",
                           edit=lambda s: s.__setitem__("v_pred", torch.zeros(0)))
     comps = load_single_file(marked)
-    assert comps.prediction_type == "v_prediction" and comps.extra["prediction_type_source"] == "v_pred key"
+    assert comps.prediction_type == "v_prediction"
+    assert comps.extra["prediction_type_source"] == "v_pred key"
 
 
 @pytest.mark.parametrize("metadata, expected", [
@@ -317,8 +330,9 @@ def test_foreign_layouts(tmp_path):
     models = tiny_models("sd1", seed=8)
 
     def sdxl(state):
-        for k in [k for k in state if k.startswith("cond_stage_model.")]:
-            state["conditioner.embedders.0.transformer." + k[len("cond_stage_model.transformer."):]] = state.pop(k)
+        old, new = "cond_stage_model.transformer.", "conditioner.embedders.0.transformer."
+        for k in [k for k in state if k.startswith(old)]:
+            state[new + k[len(old):]] = state.pop(k)
 
     assert "SDXL" in _raises_naming(write_single(tmp_path, models, "sd1", "xl.safetensors", edit=sdxl))
 

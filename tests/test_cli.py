@@ -117,6 +117,21 @@ def test_bad_inputs_name_the_culprit_and_write_nothing(workspace, tmp_path, caps
     assert main(["eval", "--pred", str(tmp_path / "nopred"), "--gt", str(workspace / "gt")]) == 2
     assert "nopred" in _error_line(capsys)
 
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(emb.read_bytes()[:-10])
+    assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(truncated), "--out", str(seg_out)]) == 2
+    assert "truncated.safetensors" in _error_line(capsys)
+
+    from smite_core.embedding import SegmentEmbedding
+
+    other = SegmentEmbedding.load(emb)
+    other.backbone_fingerprint = "0" * 16
+    other.save(tmp_path / "other.safetensors")
+    assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(tmp_path / "other.safetensors"),
+                 "--out", str(seg_out), "--device", "cpu"]) == 2
+    assert "another backbone" in _error_line(capsys)
+    assert not seg_out.exists()
+
 
 def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "smite_core.cli", "segment", "--video", str(tmp_path / "none.mp4"),
@@ -125,3 +140,21 @@ def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "none.safetensors" in proc.stderr
+
+
+def test_learn_and_segment_with_a_single_file_checkpoint(workspace, tmp_path):
+    """--model PATH: an original-layout SD 1.x file (small widths) goes through learn and segment."""
+    from test_checkpoints import tiny_models, write_single
+
+    models = tiny_models("sd1", text_overrides={"vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407})
+    checkpoint = write_single(tmp_path, models, "sd1", name="small-sd1.safetensors")
+    emb = tmp_path / "emb.safetensors"
+    common = ["--model", str(checkpoint), "--device", "cpu", "--size", "64"]
+    assert main(["learn", "--refs", str(workspace / "refs"), "--out", str(emb), "--steps", "2", *common]) == 0
+    out = tmp_path / "seg"
+    assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(emb), "--out", str(out),
+                 "--overlay", "none", *common]) == 0
+    assert len(list((out / "labels").glob("*.png"))) == 5
+    # the same embedding on the embedded backbone is refused
+    assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(emb), "--out",
+                 str(tmp_path / "seg2"), "--device", "cpu"]) == 2
