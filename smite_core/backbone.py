@@ -145,14 +145,18 @@ def backbone_fingerprint(components: Components) -> str:
     return h.hexdigest()[:16]
 
 
-def build_tiny_components(weights_path: str | Path | None = None) -> Components:
+def build_tiny_components(weights_path: str | Path | None | bool = None) -> Components:
     """The embedded default backbone: SD component classes built from ``configs/tiny``.
 
-    Loads the shipped trained weights (``smite_core/weights/tiny.safetensors``) when present;
-    otherwise the weights are a deterministic random initialisation (seed 0).
+    Loads the shipped trained weights (``smite_core/weights/tiny.safetensors``, made by
+    ``python -m smite_core.pretrain``) when present, or ``weights_path``; ``weights_path=False``
+    (pre-training) or a missing shipped file gives a deterministic random initialisation (seed 0).
+    The word-level tokenizer reads ``configs/tiny/vocab.json``.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import WordTokenizer
 
     cfg = read_family_config("tiny")
     devnull = torch.random.fork_rng(devices=[])
@@ -163,7 +167,7 @@ def build_tiny_components(weights_path: str | Path | None = None) -> Components:
         text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
     scheduler = DDIMScheduler.from_config(cfg["scheduler"])
     path = Path(weights_path) if weights_path else Path(str(resources.files("smite_core") / TINY_WEIGHTS))
-    trained = path.is_file()
+    trained = weights_path is not False and path.is_file()
     if trained:
         from safetensors.torch import load_file
 
@@ -180,7 +184,7 @@ def build_tiny_components(weights_path: str | Path | None = None) -> Components:
         unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, family="tiny",
         prediction_type=scheduler.config.prediction_type,
         empty_prompt_ids=torch.tensor([cfg["smite"]["empty_prompt_ids"]], dtype=torch.long),
-        resolution=int(cfg["smite"]["resolution"]), source="tiny",
+        resolution=int(cfg["smite"]["resolution"]), source="tiny", tokenizer=WordTokenizer.from_json(),
         extra={"trained": trained, "learn": cfg["smite"].get("learn", {})},
     )
 

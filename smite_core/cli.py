@@ -1,4 +1,4 @@
-"""The ``smite`` command: ``demo``, ``learn``, ``segment``, ``eval``, ``bench``.
+"""The ``smite`` command: ``demo``, ``learn``, ``segment``, ``vote``, ``eval``, ``bench``.
 
 Bad input ends with one line ``error: ...`` naming the file or option at fault and exit code 2;
 nothing is written or overwritten in that case (outputs are checked before any work starts and
@@ -53,9 +53,13 @@ def _load_backbone(args):
 def _segment_config(args):
     from .segment import SegmentConfig
 
+    tuned = {name: value for name, value in (("track_weight", args.track_weight), ("lowpass_weight", args.lowpass_weight),
+                                             ("guide_steps", args.guide_steps), ("guide_iters", args.guide_iters))
+             if value is not None}  # unset options keep SegmentConfig's defaults (one source of defaults)
     return SegmentConfig(window=args.window, overlap=args.overlap, inflate=not args.no_inflate, size=args.size,
-                         seed=args.seed, tracker=args.tracker, track_weight=args.track_weight,
-                         lowpass_weight=args.lowpass_weight)
+                         seed=args.seed, tracker=args.tracker, vote_window=args.vote_window,
+                         vote_output=not args.no_vote_output, tracker_checkpoint=args.tracker_checkpoint,
+                         refine_crop=args.refine_crop, **tuned)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -129,6 +133,74 @@ def _print_metrics(metrics: dict) -> None:
         print(f"  {name:>16s}  IoU {fmt(iou)}")
 
 
+def cmd_vote(args) -> int:
+    import contextlib
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from .backbone import resolve_device
+    from .errors import InputError
+    from .fileio import atomic_dir, check_writable
+    from .label_png import read_label_png, save_label_png
+    from .metrics import _label_folder, _natural_key
+    from .tracking import make_tracker
+    from .video_io import open_frames, open_video_writer, overlay
+    from .voting import iter_vote_labels, window_offsets
+
+    check_writable(args.out, args.overwrite)
+    window_offsets(args.vote_window)
+    if args.max_grid < 1:
+        raise InputError(f"--max-grid: must be at least 1 (got {args.max_grid})")
+    files = _label_folder(Path(args.labels), "labels")
+    names = sorted(files, key=_natural_key)
+    paths = [files[n] for n in names]
+    with open_frames(args.video) as source:
+        if len(paths) != source.num_frames:
+            raise InputError(f"{args.labels}: {len(paths)} label maps for {source.num_frames} video frames")
+        num_classes, shape = 1, None
+        for path in paths:  # check every map before any work
+            labels = read_label_png(path)
+            if shape is not None and labels.shape != shape:
+                raise InputError(f"{path}: label map is {labels.shape[1]}x{labels.shape[0]}, "
+                                 f"{paths[0].name} is {shape[1]}x{shape[0]}")
+            shape, num_classes = labels.shape, max(num_classes, int(labels.max()) + 1)
+        tracker = make_tracker(args.tracker, args.tracker_checkpoint, device=resolve_device(args.device))
+        _say(f"voting {len(paths)} label maps ({num_classes} labels) along {args.tracker} tracks, "
+             f"window {args.vote_window}")
+        cache: dict[int, torch.Tensor] = {}
+
+        def read_labels(a: int, b: int) -> torch.Tensor:
+            for i in [i for i in cache if i < a - args.vote_window]:
+                del cache[i]
+            for i in range(a, b):
+                if i not in cache:
+                    cache[i] = torch.from_numpy(read_label_png(paths[i]))
+            return torch.stack([cache[i] for i in range(a, b)])
+
+        segments = Path(args.labels) / "segments.json"
+        with atomic_dir(args.out, overwrite=args.overwrite) as tmp, contextlib.ExitStack() as stack:
+            (tmp / "labels").mkdir()
+            if segments.is_file():
+                shutil.copyfile(segments, tmp / "segments.json")
+            overlay_name = None if args.overlay == "none" else f"overlay.{args.overlay}"
+            writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
+            stream = iter_vote_labels(source.read, read_labels, len(paths), num_classes, tracker, args.vote_window,
+                                      args.max_grid, progress=_progress_bar("voting", len(paths), "frame"))
+            changed = 0
+            for index, voted in stream:
+                changed += int((voted != read_labels(index, index + 1)[0]).sum())
+                save_label_png(tmp / "labels" / f"{names[index]}.png", voted.numpy())
+                if writer:
+                    frame = source.read(index, index + 1)
+                    shown = torch.nn.functional.interpolate(voted[None, None].float(), size=tuple(frame.shape[1:3]),
+                                                            mode="nearest")[0].long()
+                    writer.write(overlay(frame, shown))
+    _say(f"wrote {len(paths)} label maps to {Path(args.out) / 'labels'} ({changed} pixels changed)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -148,6 +220,15 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _add_tracker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracker", default="flow", choices=["flow", "cotracker", "none"],
+                   help="point tracker: flow (default, OpenCV optical flow), cotracker (CoTracker3, installed "
+                        "separately, CC BY-NC) or none")
+    p.add_argument("--tracker-checkpoint", default=None,
+                   help="CoTracker3 checkpoint file, or a models folder holding scaled_offline.pth")
+    p.add_argument("--vote-window", type=int, default=15, help="frames a temporal vote looks at (default 15)")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -185,17 +266,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json)")
     p.add_argument("--window", type=int, default=16, help="frames per inflated-UNet window")
     p.add_argument("--overlap", type=int, default=8, help="frames shared by consecutive windows")
-    p.add_argument("--no-inflate", action="store_true", help="per-frame segmentation (the paper's Baseline-I)")
+    p.add_argument("--no-inflate", action="store_true",
+                   help="per-frame segmentation (the paper's Baseline-I: no inflation, tracking, voting or guidance)")
     p.add_argument("--size", type=int, default=None, help="working resolution (default: the backbone's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracker", default="none", choices=["none", "flow", "cotracker"],
-                   help="point tracker for temporal voting (not implemented yet: only 'none')")
-    p.add_argument("--track-weight", type=float, default=0.0, help="tracking energy weight (not implemented yet: 0)")
-    p.add_argument("--lowpass-weight", type=float, default=0.0, help="low-pass energy weight (not implemented yet: 0)")
+    _add_tracker_args(p)
+    p.add_argument("--track-weight", type=float, default=None,
+                   help="weight of the tracking energy E_track (default: the tuned value, see README; 0: off)")
+    p.add_argument("--lowpass-weight", type=float, default=None,
+                   help="weight of the low-pass DCT energy E_reg (default: the tuned value, see README; 0: off)")
+    p.add_argument("--guide-steps", type=int, default=None,
+                   help="guided timesteps per window (default: the tuned value; 0: no latent update)")
+    p.add_argument("--guide-iters", type=int, default=None,
+                   help="latent update iterations per guided timestep (default: the tuned value)")
+    p.add_argument("--no-vote-output", action="store_true", help="do not vote the final maps along the tracks")
+    p.add_argument("--refine-crop", action="store_true",
+                   help="crop-and-zoom refinement: re-segment each window on a crop around the foreground")
     p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("vote", help="temporal vote along point tracks: a flicker filter for any label video")
+    p.add_argument("--video", required=True, help="the video the labels belong to (file or folder of frames)")
+    p.add_argument("--labels", required=True, help="folder of label PNGs (or its labels/ subfolder), one per frame")
+    p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json if given)")
+    _add_tracker_args(p)
+    p.add_argument("--max-grid", type=int, default=256, help="voting grid cells on the long side (default 256)")
+    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
+    p.add_argument("--device", default="auto", help="device of the cotracker tracker")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_vote)
 
     p = sub.add_parser("eval", help="score predicted label maps against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted label PNGs (or its labels/ subfolder)")

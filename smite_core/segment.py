@@ -6,11 +6,21 @@ windows get a cross-faded blend of both windows' WAS, so labels do not jump at w
 boundaries. WAS maps stay at latent resolution until a frame is finished; only then is it handed
 to the caller, who upsamples it to the frame's own size (``was.labels_from_was``). Memory is
 therefore flat in the video's length.
+
+Temporal consistency (method.md 6.3 step 2, 7, 8; on by default): after the reference pass the
+window is tracked (``tracking``), the noisy latent takes ``guide_steps`` DDIM steps of one timestep
+each from the reference pass's own ``z_t`` and ``t`` (a fresh scheduler per call, never the shared
+one, and every energy evaluated at the timestep of the latent it is applied to: defect D12); after
+each step the latent is optimised against ``E_track`` (voted labels) and ``E_reg`` (low-pass DCT
+against the reference WAS, whose overlap frames are the previous window's final WAS), and the
+final WAS is voted along the tracks once more (``vote_output``). ``inflate=False`` is the paper's
+per-frame Baseline-I: no inflation, tracking, voting or guidance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -18,16 +28,35 @@ import torch
 from .backbone import Backbone
 from .embedding import SegmentEmbedding, build_context
 from .errors import InputError
+from .guidance import guide_latents, step_size
 from .inversion import DEFAULT_TIMESTEPS, add_noise, encode_frames, sample_timestep, working_size
+from .tracking import Tracker, make_tracker
 from .unet_pass import unet_forward
+from .voting import vote_tracks
 from .was import was_inference
 
 TRACKERS = ("none", "flow", "cotracker")
+# Temporal defaults, tuned on the procedural suite (see README "Temporal consistency").
+DEFAULT_TRACK_WEIGHT = 0.1
+DEFAULT_LOWPASS_WEIGHT = 8.0
+DEFAULT_GUIDE_STEPS = 1
+DEFAULT_GUIDE_ITERS = 1
+DEFAULT_GUIDE_LR = 10.0
 
 
 @dataclass
 class SegmentConfig:
-    """Segmentation settings. ``inflate=False`` is per-frame segmentation (the paper's Baseline-I)."""
+    """Segmentation settings. ``inflate=False`` is per-frame segmentation (the paper's Baseline-I:
+    no inflation, tracking, voting or guidance).
+
+    Temporal consistency: ``tracker`` (``flow``, ``cotracker`` with ``tracker_checkpoint``, or
+    ``none``) drives the vote (``vote_window`` frames, ``vote_output``) and ``E_track``;
+    ``track_weight``/``lowpass_weight`` weigh ``E_track``/``E_reg`` (both 0: no latent update);
+    ``guide_steps`` guided timesteps of ``guide_iters`` Adam iterations on ``guide_slice``-frame
+    sub-slices with learning rate ``guide_lr`` (times ``beta_t / (1 - beta_t)``); ``E_reg`` keeps
+    spatial DCT frequencies below ``lowpass_cutoff`` (``lowpass_first_cutoff`` at the first guided
+    step). ``refine_crop``: a coarse pass first, then the window again on a crop around the foreground.
+    """
 
     window: int = 16
     overlap: int = 8
@@ -36,9 +65,30 @@ class SegmentConfig:
     size: int | tuple[int, int] | None = None  # working size; None = the backbone's resolution
     timesteps: tuple[int, int] = DEFAULT_TIMESTEPS
     seed: int = 0
-    tracker: str = "none"
-    track_weight: float = 0.0
-    lowpass_weight: float = 0.0
+    tracker: str = "flow"
+    track_weight: float = DEFAULT_TRACK_WEIGHT
+    lowpass_weight: float = DEFAULT_LOWPASS_WEIGHT
+    vote_window: int = 15
+    vote_output: bool = True
+    lowpass_cutoff: float = 0.4
+    lowpass_first_cutoff: float = 0.999
+    guide_steps: int = DEFAULT_GUIDE_STEPS
+    guide_iters: int = DEFAULT_GUIDE_ITERS
+    guide_slice: int = 4
+    guide_lr: float = DEFAULT_GUIDE_LR
+    tracker_checkpoint: str | None = None
+    refine_crop: bool = False
+
+    @property
+    def temporal(self) -> bool:
+        """Whether any temporal stage (tracking, voting, guidance) runs."""
+        return self.inflate and (self.tracker != "none" or self.guided)
+
+    @property
+    def guided(self) -> bool:
+        """Whether the latent is optimised (a non-zero weight and at least one guided step)."""
+        return self.inflate and self.guide_steps > 0 and (self.lowpass_weight > 0 or
+                                                          (self.track_weight > 0 and self.tracker != "none"))
 
     def validate(self) -> None:
         if self.window < 1:
@@ -47,9 +97,20 @@ class SegmentConfig:
             raise InputError(f"overlap: must be between 0 and window-1 = {self.window - 1} (got {self.overlap})")
         if self.tracker not in TRACKERS:
             raise InputError(f"tracker: {self.tracker!r} is not one of {', '.join(TRACKERS)}")
-        if self.tracker != "none" or self.track_weight != 0 or self.lowpass_weight != 0:
-            raise InputError("tracker/track-weight/lowpass-weight: temporal guidance is not implemented in this "
-                             "version yet; use --tracker none with both weights 0")
+        for name in ("track_weight", "lowpass_weight", "guide_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise InputError(f"{name.replace('_', '-')}: must be a finite number >= 0 (got {value})")
+        for name in ("lowpass_cutoff", "lowpass_first_cutoff"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise InputError(f"{name.replace('_', '-')}: must be in (0, 1] (got {value})")
+        for name, low in (("vote_window", 1), ("guide_steps", 0), ("guide_iters", 1), ("guide_slice", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise InputError(f"{name.replace('_', '-')}: must be an integer >= {low} (got {value})")
+        if self.tracker == "cotracker" and not self.tracker_checkpoint:
+            raise InputError("tracker-checkpoint: the cotracker tracker needs a checkpoint file or models folder")
 
 
 def window_spans(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -84,11 +145,14 @@ def blend_weights(span: tuple[int, int], previous: tuple[int, int] | None, follo
 @torch.no_grad()
 def segment_window(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor, config: SegmentConfig,
                    generator: torch.Generator, context: torch.Tensor | None = None,
-                   latents: torch.Tensor | None = None) -> torch.Tensor:
-    """WAS ``[F,K,h,w]`` (latent resolution) of one window of frames ``[F,H,W,3]`` (0..1).
+                   latents: torch.Tensor | None = None, *, tracker: Tracker | None = None,
+                   carry: torch.Tensor | None = None) -> torch.Tensor:
+    """WAS ``[F,K,h,w]`` (latent resolution, CPU float32) of one window of frames ``[F,H,W,3]`` (0..1).
 
     ``latents``: the window's clean VAE latents ``[F,4,h,w]`` if already encoded (``InvertVideo``),
-    else the frames are encoded here.
+    else the frames are encoded here. ``tracker``: built from ``config`` when needed and not given.
+    ``carry``: the previous window's final WAS ``[n,K,h,w]`` of this window's first ``n`` frames;
+    it replaces their reference WAS (the low-pass target and the first vote).
     """
     if context is None:
         context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
@@ -96,9 +160,45 @@ def segment_window(backbone: Backbone, embedding: SegmentEmbedding, frames: torc
         latents = encode_frames(backbone, frames, working_size(backbone, tuple(frames.shape[1:3]), config.size))
     t = sample_timestep(generator, config.timesteps)
     noisy = add_noise(backbone, latents.to(backbone.device, backbone.dtype), t, generator)
-    _, record = unet_forward(backbone, noisy, t, context, embedding.num_segments, kv=embedding.kv,
-                             inflate=config.inflate, pool_norm=config.pool_norm and config.inflate)
-    return was_inference(record).float().cpu()
+    out, record = unet_forward(backbone, noisy, t, context, embedding.num_segments, kv=embedding.kv,
+                               inflate=config.inflate, pool_norm=config.pool_norm and config.inflate)
+    was = was_inference(record).float()
+    if not config.temporal:
+        return was.cpu()
+    del record
+    reference = was.cpu().clone()
+    if carry is not None and len(carry):
+        reference[:len(carry)] = carry.to(reference)
+    tracks = None
+    if config.tracker != "none":
+        tracker = tracker or make_tracker(config.tracker, config.tracker_checkpoint, device=backbone.device)
+        tracks = tracker.track(frames, tuple(was.shape[-2:]), max_offset=config.vote_window // 2)
+    current = reference
+    if config.guided:
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(backbone.scheduler.config)  # a copy: never the shared one (D12)
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        z = noisy
+        for g in range(min(config.guide_steps, t - 1)):
+            z = scheduler.step(out, t, z, eta=0.0).prev_sample  # one DDIM step: t -> t-1
+            t -= 1
+            labels = None
+            if tracks is not None and config.track_weight > 0:
+                labels = vote_tracks(current, tracks, config.vote_window).argmax(1)
+            z = guide_latents(backbone, embedding, context, z, t, reference.to(backbone.device), labels,
+                              track_weight=config.track_weight, lowpass_weight=config.lowpass_weight,
+                              cutoff=config.lowpass_first_cutoff if g == 0 else config.lowpass_cutoff,
+                              iterations=config.guide_iters, sub_slice=config.guide_slice,
+                              step=step_size(scheduler, t, config.guide_lr), inflate=config.inflate,
+                              pool_norm=config.pool_norm)
+            out, record = unet_forward(backbone, z, t, context, embedding.num_segments, kv=embedding.kv,
+                                       inflate=config.inflate, pool_norm=config.pool_norm)
+            current = was_inference(record).float().cpu()
+            del record
+    if tracks is not None and config.vote_output:
+        current = vote_tracks(current, tracks, config.vote_window)
+    return current
 
 
 def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, config: SegmentConfig | None = None,
@@ -122,11 +222,20 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     spans = window_spans(total, config.window, config.overlap)
     generator = torch.Generator().manual_seed(config.seed)
     context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
+    tracker = None
+    if config.temporal and config.tracker != "none":
+        tracker = make_tracker(config.tracker, config.tracker_checkpoint, device=backbone.device)
     pending: dict[int, tuple[torch.Tensor, float]] = {}
+    previous: tuple[tuple[int, int], torch.Tensor] | None = None
     done = 0
     for i, span in enumerate(spans):
         window_latents = latents[span[0]:span[1]] if latents is not None else None
-        was = segment_window(backbone, embedding, source.read(*span), config, generator, context, window_latents)
+        carry = None
+        if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
+            carry = previous[1][span[0] - previous[0][0]:]
+        was = segment_window(backbone, embedding, source.read(*span), config, generator, context, window_latents,
+                             tracker=tracker, carry=carry)
+        previous = (span, was)
         weights = blend_weights(span, spans[i - 1] if i else None, spans[i + 1] if i + 1 < len(spans) else None)
         for j, index in enumerate(range(*span)):
             acc, wsum = pending.get(index, (0.0, 0.0))

@@ -54,14 +54,16 @@ def test_any_length_streams_in_order(tiny_backbone, embedding, num_frames):
     config = SegmentConfig(window=8, overlap=4, size=64)
     got = list(segment_stream(tiny_backbone, embedding, source, config))
     assert [i for i, _ in got] == list(range(num_frames))
-    assert all(m.shape == (3, 8, 8) and torch.isfinite(m).all() for _, m in got)
+    side = 64 // tiny_backbone.latent_factor
+    assert all(m.shape == (3, side, side) and torch.isfinite(m).all() for _, m in got)
     assert source.reads == window_spans(num_frames, 8, 4)  # each window read once, in order
 
 
 def test_non_square_odd_frames_give_labels_of_their_own_size(tiny_backbone, embedding):
     frames = torch.rand(3, 45, 71, 3)
     was = segment_frames(tiny_backbone, embedding, frames, SegmentConfig(size=(64, 128)))
-    assert was.shape == (3, 3, 8, 16)
+    f = tiny_backbone.latent_factor
+    assert was.shape == (3, 3, 64 // f, 128 // f)
     assert labels_from_was(was, (45, 71)).shape == (3, 45, 71)
 
 
@@ -80,13 +82,19 @@ def test_inflation_changes_the_maps_and_baseline_is_per_frame(tiny_backbone, emb
     assert not torch.allclose(inflated_changed[:3], inflated[:3], atol=1e-5)
 
 
-def test_temporal_guidance_flags_are_refused_until_implemented(tiny_backbone, embedding):
-    with pytest.raises(InputError, match="not implemented"):
-        SegmentConfig(tracker="flow").validate()
-    with pytest.raises(InputError, match="not implemented"):
-        SegmentConfig(track_weight=0.1).validate()
-    with pytest.raises(InputError, match="overlap"):
-        SegmentConfig(window=4, overlap=4).validate()
+def test_temporal_settings_are_on_by_default_and_validated():
+    config = SegmentConfig()
+    config.validate()
+    assert config.tracker == "flow" and config.track_weight > 0 and config.lowpass_weight > 0
+    assert config.temporal and config.guided and config.vote_window == 15
+    assert not SegmentConfig(inflate=False).temporal  # Baseline-I is per-frame
+    assert not SegmentConfig(tracker="none", track_weight=0, lowpass_weight=0).temporal
+    for bad, match in [(dict(tracker="raft"), "tracker"), (dict(track_weight=-1), "track-weight"),
+                       (dict(lowpass_weight=float("nan")), "lowpass-weight"), (dict(lowpass_cutoff=0), "lowpass-cutoff"),
+                       (dict(vote_window=0), "vote-window"), (dict(guide_slice=0), "guide-slice"),
+                       (dict(tracker="cotracker"), "tracker-checkpoint"), (dict(window=4, overlap=4), "overlap")]:
+        with pytest.raises(InputError, match=match):
+            SegmentConfig(**bad).validate()
 
 
 def test_embedding_from_another_backbone_is_refused(tiny_backbone, embedding):

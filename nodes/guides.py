@@ -1,0 +1,178 @@
+"""SMITE_TrackVote and SMITE_LowPassGuide: the temporal guides, as settings for InflatedUNetSegment.
+
+Both act inside InflatedUNetSegment's denoising loop (the method's guidance, not post-processing).
+TrackVote also works on its own: with frames and a MASK video connected it de-flickers the masks by
+voting along point tracks (``smite_core.voting.vote_video``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from smite_core.errors import InputError
+
+from . import host
+from .segment import frames_of
+from .wires import LOW_PASS, TRACK_VOTE, LowPassSettings, TrackVoteSettings
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ["flow", "cotracker", "none"]
+
+
+def cotracker_checkpoint() -> str | None:
+    """The first registered ``models/cotracker`` folder holding a CoTracker3 checkpoint (or None)."""
+    from smite_core.tracking import COTRACKER_FILES
+
+    for folder in host.folder_paths_of(host.COTRACKER_FOLDER):
+        for name in COTRACKER_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                return folder
+    return None
+
+
+def _defaults() -> dict:
+    """The library's temporal defaults (fall back to the method's values if it has none)."""
+    try:
+        from smite_core import segment
+    except ImportError:  # pragma: no cover - smite_core always has segment
+        return {}
+    return {"track_weight": getattr(segment, "DEFAULT_TRACK_WEIGHT", 0.1),
+            "lowpass_weight": getattr(segment, "DEFAULT_LOWPASS_WEIGHT", 8.0)}
+
+
+def _masks_of(masks) -> torch.Tensor:
+    masks = torch.as_tensor(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3 or masks.shape[0] < 1:
+        raise InputError(f"masks: expected a MASK batch [T,H,W], got shape {tuple(masks.shape)}")
+    return masks.float()
+
+
+class TrackVote:
+    """Tracking + voting: the temporal-consistency guide of SMITE, or a stand-alone mask de-flickerer."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "tracker": (TRACKERS, {
+                    "default": "flow",
+                    "tooltip": "Point tracker. flow: dense optical flow, no weights (default). cotracker: CoTracker3 "
+                               "(installed 'cotracker' package + checkpoint in ComfyUI/models/cotracker; CC BY-NC, "
+                               "never downloaded). none: vote at the same pixel."}),
+                "track_weight": ("FLOAT", {
+                    "default": _defaults().get("track_weight", 0.1), "min": 0.0, "max": 100.0, "step": 0.01,
+                    "tooltip": "Weight of the tracking energy that pulls the latent towards the voted labels during "
+                               "denoising. 0: only vote the maps (no latent update)."}),
+                "vote_window": ("INT", {
+                    "default": 15, "min": 1, "max": 99,
+                    "tooltip": "Frames voted over around each frame (the method uses 15)."}),
+                "vote_output": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Vote the final maps once more along the tracks (less flicker)."}),
+            },
+            "optional": {
+                "frames": ("IMAGE", {"tooltip": "Stand-alone use: the video frames the masks belong to (drive the "
+                                                "tracker)."}),
+                "masks": ("MASK", {"tooltip": "Stand-alone use: a mask video [T,H,W] from any segmenter to "
+                                              "de-flicker (> 0.5 is inside)."}),
+            },
+        }
+
+    RETURN_TYPES = (TRACK_VOTE, "MASK")
+    RETURN_NAMES = ("track_vote", "masks")
+    OUTPUT_TOOLTIPS = ("The guide, for InflatedUNetSegment's track_vote input.",
+                       "Stand-alone use: the de-flickered masks (empty unless frames and masks are connected).")
+    FUNCTION = "run"
+    CATEGORY = "SMITE/guides"
+    DESCRIPTION = ("Temporal voting along point tracks. Connected to InflatedUNetSegment it guides the denoising "
+                   "loop; with frames + masks connected it de-flickers any mask video on its own.")
+
+    def run(self, tracker="flow", track_weight=0.1, vote_window=15, vote_output=True, frames=None, masks=None):
+        if tracker not in TRACKERS:
+            raise InputError(f"tracker: {tracker!r} is not one of {', '.join(TRACKERS)}")
+        checkpoint = None
+        if tracker == "cotracker":
+            checkpoint = cotracker_checkpoint()
+            if checkpoint is None:
+                folders = ", ".join(host.folder_paths_of(host.COTRACKER_FOLDER)) or "ComfyUI/models/cotracker"
+                raise InputError(f"cotracker: no CoTracker3 checkpoint (scaled_offline.pth or a .safetensors copy) in "
+                                 f"{folders}; it is never downloaded (CC BY-NC): put it there yourself, or use the "
+                                 "flow tracker")
+        guide = TrackVoteSettings(tracker=tracker, track_weight=float(track_weight), vote_window=int(vote_window),
+                               vote_output=bool(vote_output), tracker_checkpoint=checkpoint)
+        if frames is None and masks is None:
+            return (guide, torch.zeros((0, 64, 64), dtype=torch.float32))
+        if frames is None or masks is None:
+            raise InputError("TrackVote: to de-flicker on its own connect both frames and masks")
+        return (guide, self.deflicker(frames, masks, guide))
+
+    @staticmethod
+    def deflicker(frames, masks, guide: TrackVoteSettings) -> torch.Tensor:
+        try:
+            from smite_core.voting import vote_video
+        except ImportError as exc:
+            raise InputError("TrackVote: this smite_core has no temporal voting (smite_core.voting.vote_video); "
+                             "update the pack") from exc
+        frames = frames_of(frames, "frames")
+        masks = _masks_of(masks)
+        if masks.shape[0] != frames.shape[0]:
+            raise InputError(f"masks: {masks.shape[0]} masks for {frames.shape[0]} frames")
+        labels = (masks > 0.5).to(torch.int64)
+        if int(labels.max()) == 0:
+            return labels.float()
+        report = host.progress(frames.shape[0])
+        voted = vote_video(frames, labels, tracker=guide.tracker, window=guide.vote_window, progress=report,
+                           checkpoint=guide.tracker_checkpoint)
+        return (voted > 0).to(torch.float32)
+
+
+class LowPassGuide:
+    """The low-pass regulariser of SMITE's guidance: keeps the first pass's coarse layout while guiding."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lowpass_weight": ("FLOAT", {
+                    "default": _defaults().get("lowpass_weight", 8.0), "min": 0.0, "max": 1000.0, "step": 0.1,
+                    "tooltip": "Weight of the low-pass energy (3-D DCT of the maps against the first pass). 0: off."}),
+                "lowpass_cutoff": ("FLOAT", {
+                    "default": 0.4, "min": 0.01, "max": 1.0, "step": 0.01,
+                    "tooltip": "Share of the spatial frequencies kept (0.4 = the lowest 40 % of rows and columns)."}),
+                "first_step_cutoff": ("FLOAT", {
+                    "default": 0.999, "min": 0.01, "max": 1.0, "step": 0.001,
+                    "tooltip": "Cutoff at the first guided step (almost everything kept, as in the method)."}),
+            },
+        }
+
+    RETURN_TYPES = (LOW_PASS,)
+    RETURN_NAMES = ("low_pass",)
+    OUTPUT_TOOLTIPS = ("The guide, for InflatedUNetSegment's low_pass input.",)
+    FUNCTION = "run"
+    CATEGORY = "SMITE/guides"
+    DESCRIPTION = "Low-pass regulariser settings for InflatedUNetSegment's guided denoising."
+
+    def run(self, lowpass_weight=8.0, lowpass_cutoff=0.4, first_step_cutoff=0.999):
+        for name, value in (("lowpass_cutoff", lowpass_cutoff), ("first_step_cutoff", first_step_cutoff)):
+            if not 0 < value <= 1:
+                raise InputError(f"{name}: must be in (0, 1] (got {value})")
+        if lowpass_weight < 0:
+            raise InputError(f"lowpass_weight: must be >= 0 (got {lowpass_weight})")
+        return (LowPassSettings(lowpass_weight=float(lowpass_weight), lowpass_cutoff=float(lowpass_cutoff),
+                             lowpass_first_cutoff=float(first_step_cutoff)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SMITE_TrackVote": TrackVote,
+    "SMITE_LowPassGuide": LowPassGuide,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SMITE_TrackVote": "SMITE TrackVote",
+    "SMITE_LowPassGuide": "SMITE LowPassGuide",
+}

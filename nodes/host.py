@@ -1,0 +1,216 @@
+"""What the nodes need from ComfyUI, looked up lazily, with plain fallbacks outside ComfyUI.
+
+The nodes never import ComfyUI at module level and never import it themselves: inside ComfyUI its
+modules (``folder_paths``, ``comfy.utils``, ``comfy.model_management``) are already loaded by the
+time a custom-node pack is imported, so they are taken from ``sys.modules``. Outside ComfyUI (tests,
+scripts) every helper falls back to plain behaviour: no progress bar, no interrupts, the device
+``auto`` of the library, model files given as explicit paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+import torch
+
+from smite_core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SMITE_FOLDER = "smite"  # ComfyUI/models/smite: segment embeddings (.safetensors)
+COTRACKER_FOLDER = "cotracker"  # ComfyUI/models/cotracker: optional CoTracker3 checkpoint (never bundled)
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DIR = os.path.join(PACK_DIR, "example_inputs")  # the bundled example embedding
+
+
+def comfy(name: str):
+    """The ComfyUI module ``name`` if the host has loaded it, else ``None`` (never imports it)."""
+    return sys.modules.get(name)
+
+
+def inside_comfyui() -> bool:
+    """True when running inside a ComfyUI process."""
+    return comfy("folder_paths") is not None and comfy("comfy.model_management") is not None
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def register_model_folders() -> None:
+    """Register ``models/smite`` (default save location) and ``models/cotracker`` with folder_paths.
+
+    Paths a user configured in ``extra_model_paths.yaml`` (loaded before custom nodes) are kept and
+    stay first; ``models/smite`` is only made the default when the user configured none. The pack's
+    bundled example embedding is listed too (after everything else). Nothing is created on disk.
+    """
+    folder_paths = comfy("folder_paths")
+    if folder_paths is None:
+        return
+    known = getattr(folder_paths, "folder_names_and_paths", {})
+    for name in (SMITE_FOLDER, COTRACKER_FOLDER):
+        path = os.path.join(folder_paths.models_dir, name)
+        folder_paths.add_model_folder_path(name, path, is_default=name not in known)
+    if os.path.isdir(EXAMPLE_DIR):
+        folder_paths.add_model_folder_path(SMITE_FOLDER, EXAMPLE_DIR, is_default=False)
+
+
+def _outside_folders(folder: str) -> list[str]:
+    """Outside ComfyUI only the pack's own example embedding folder is known."""
+    return [EXAMPLE_DIR] if folder == SMITE_FOLDER and os.path.isdir(EXAMPLE_DIR) else []
+
+
+def list_files(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """Sorted file names (relative, ``/``-separated) of a registered model folder with these extensions."""
+    folder_paths = comfy("folder_paths")
+    if folder_paths is None:
+        names = [name for root in _outside_folders(folder) for name in os.listdir(root)]
+    else:
+        try:
+            names = folder_paths.get_filename_list(folder)
+        except KeyError:
+            return []
+    return sorted(n for n in names if n.lower().endswith(extensions))
+
+
+def full_path(folder: str, name: str) -> str:
+    """Absolute path of ``name`` in a registered model folder. Outside ComfyUI ``name`` is a path, or a
+    file of the pack's example folder."""
+    folder_paths = comfy("folder_paths")
+    if folder_paths is None:
+        if not os.path.exists(name):
+            for root in _outside_folders(folder):
+                if os.path.isfile(os.path.join(root, name)):
+                    return os.path.join(root, name)
+        return name
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise InputError(f"{name}: not found in ComfyUI's '{folder}' model folders "
+                         f"({', '.join(folder_paths.get_folder_paths(folder))})")
+    return path
+
+
+def folder_paths_of(folder: str) -> list[str]:
+    """The directories registered for a model folder (empty outside ComfyUI)."""
+    folder_paths = comfy("folder_paths")
+    if folder_paths is None:
+        return []
+    try:
+        return folder_paths.get_folder_paths(folder)
+    except KeyError:
+        return []
+
+
+def diffusers_folders() -> list[str]:
+    """Diffusers pipeline folders (with ``model_index.json`` or ``unet/``) under ``models/diffusers``."""
+    out = []
+    for root in folder_paths_of("diffusers"):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if "model_index.json" in filenames or {"unet", "vae", "text_encoder"} <= set(dirnames):
+                out.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+                dirnames[:] = []  # a pipeline's subfolders are not pipelines
+    return sorted(set(out))
+
+
+def diffusers_folder_path(name: str) -> str:
+    for root in folder_paths_of("diffusers"):
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            return path
+    if not inside_comfyui():
+        return name
+    raise InputError(f"{name}: no such diffusers folder in ComfyUI's models/diffusers")
+
+
+def save_directory(folder: str = SMITE_FOLDER) -> str:
+    """Where new files of a model folder go: its first registered path (``models/smite`` by default)."""
+    paths = folder_paths_of(folder)
+    if not paths:
+        raise InputError("no output directory: outside ComfyUI give the node an explicit directory")
+    return paths[0]
+
+
+# ----------------------------------------------------------------------------- progress, interrupts
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (no-op outside ComfyUI)."""
+    mm = comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int, node_id: str | None = None) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for the library's loops.
+
+    Inside ComfyUI it drives a ``comfy.utils.ProgressBar`` (shown on the node, sent to the UI) and is
+    an interrupt point; outside it only checks nothing and returns.
+    """
+    utils = comfy("comfy.utils")
+    bar = utils.ProgressBar(max(1, int(total)), node_id=node_id) if utils is not None else None
+
+    def update(done: int, new_total: int | None = None) -> None:
+        check_interrupt()
+        if bar is not None:
+            bar.update_absolute(int(done), int(new_total) if new_total else None)
+
+    return update
+
+
+# ----------------------------------------------------------------------------- devices, memory
+
+
+def compute_device(choice: str = "auto") -> torch.device:
+    """``auto``: ComfyUI's torch device (honours ``--cpu``), or the library's choice outside it."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    mm = comfy("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    from smite_core.backbone import resolve_device
+
+    return resolve_device("auto")
+
+
+def offload_device() -> torch.device:
+    """Where models wait between uses: ComfyUI's UNet offload device, else the CPU."""
+    mm = comfy("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.unet_offload_device())
+    return torch.device("cpu")
+
+
+def auto_dtype(device: torch.device, num_params: int = 0) -> torch.dtype:
+    """fp32 on CPU; otherwise bf16 or fp16 as ComfyUI recommends for the device (fp32 if neither)."""
+    if device.type == "cpu":
+        return torch.float32
+    mm = comfy("comfy.model_management")
+    if mm is None:
+        from smite_core.backbone import resolve_dtype
+
+        return resolve_dtype("auto", device)
+    if mm.should_use_bf16(device, model_params=num_params):
+        return torch.bfloat16
+    if mm.should_use_fp16(device, model_params=num_params):
+        return torch.float16
+    return torch.float32
+
+
+def free_memory_for(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to unload its own models until ``num_bytes`` are free on ``device`` (GPUs only)."""
+    mm = comfy("comfy.model_management")
+    if mm is not None and device.type != "cpu":
+        mm.free_memory(num_bytes, device)
+
+
+def soft_empty_cache() -> None:
+    """Return cached GPU memory to the driver (ComfyUI's helper; plain torch outside ComfyUI)."""
+    mm = comfy("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,197 @@
+"""SMITE_InvertVideo and SMITE_InflatedUNetSegment: frames -> video latent -> per-segment maps."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import torch
+
+from smite_core.embedding import SegmentEmbedding
+from smite_core.errors import InputError
+from smite_core.inversion import DEFAULT_TIMESTEPS, encode_frames, working_size
+from smite_core.segment import SegmentConfig, segment_frames
+from smite_core.was import labels_from_was
+
+from . import host
+from .wires import EMBEDDING, LATENT, LOW_PASS, MODEL, SEGMENTS, TRACK_VOTE, Segments, VideoLatent, plain
+
+log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 8
+
+
+def frames_of(images, what: str = "images") -> torch.Tensor:
+    """An IMAGE batch ``[T,H,W,C]`` -> float32 ``[T,H,W,3]`` (alpha dropped); one ``[H,W,C]`` image is T=1."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{what}: expected an IMAGE batch, got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] not in (3, 4) or images.shape[0] < 1:
+        raise InputError(f"{what}: expected an IMAGE batch [T,H,W,3], got shape {tuple(images.shape)}")
+    return images[..., :3].to(torch.float32)
+
+
+def make_config(fields: dict) -> SegmentConfig:
+    """A validated SegmentConfig from ``fields``; fields this library version does not have are dropped
+    (and logged) so older/newer guide settings never break a workflow."""
+    known = {f.name for f in dataclasses.fields(SegmentConfig)}
+    dropped = sorted(k for k in fields if k not in known)
+    if dropped:
+        log.warning("SMITE: this smite_core has no segmentation setting(s) %s; ignored", ", ".join(dropped))
+    config = SegmentConfig(**{k: v for k, v in fields.items() if k in known})
+    config.validate()
+    return config
+
+
+def plain_embedding(embedding: SegmentEmbedding) -> SegmentEmbedding:
+    """A copy whose tensors can take part in autograd (see ``wires.plain``)."""
+    return SegmentEmbedding(plain(embedding.tokens), list(embedding.names), embedding.backbone_fingerprint,
+                            {k: plain(v) for k, v in embedding.kv.items()}, dict(embedding.meta))
+
+
+class InvertVideo:
+    """Encode video frames with the backbone's VAE: the latent SMITE noises and reads attention from."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The backbone from SMITE Model Loader."}),
+                "images": ("IMAGE", {"tooltip": "Video frames [T,H,W,3] (e.g. from Load Video + Get Video Components, "
+                                                "or VideoHelperSuite)."}),
+                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
+                                 "tooltip": "Working side in pixels (frames are resized to size x size); 0 = the "
+                                            "backbone's resolution. Masks always come back at the frames' own size."}),
+                "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                                        "tooltip": "Seed of the inversion noise (same seed, same masks)."}),
+                "timestep_min": ("INT", {"default": DEFAULT_TIMESTEPS[0], "min": 1, "max": 999,
+                                         "tooltip": "The latent is noised to a timestep drawn from [min, max] per "
+                                                    "window (the method uses about 100)."}),
+                "timestep_max": ("INT", {"default": DEFAULT_TIMESTEPS[1], "min": 1, "max": 999,
+                                         "tooltip": "Upper end of the noise timestep range."}),
+            },
+        }
+
+    RETURN_TYPES = (LATENT,)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The video latent with its noise settings, for InflatedUNetSegment.",)
+    FUNCTION = "invert"
+    CATEGORY = "SMITE/segment"
+    DESCRIPTION = "VAE-encodes the frames (posterior mean, each frame once) and sets how they are noised."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, size, timestep_min, timestep_max):
+        if not 0 <= size <= 2048:
+            return f"size: must be 0..2048 (got {size})"
+        if not 1 <= timestep_min <= timestep_max <= 999:
+            return f"timesteps: need 1 <= timestep_min <= timestep_max <= 999 (got {timestep_min}, {timestep_max})"
+        return True
+
+    def invert(self, model, images, size=0, random_seed=0, timestep_min=DEFAULT_TIMESTEPS[0],
+               timestep_max=DEFAULT_TIMESTEPS[1]):
+        if not 1 <= timestep_min <= timestep_max <= 999:
+            raise InputError(f"timesteps: need 1 <= timestep_min <= timestep_max <= 999 (got {timestep_min}, "
+                             f"{timestep_max})")
+        frames = frames_of(images)
+        total = frames.shape[0]
+        report = host.progress(total)
+        out = []
+        with model.use() as backbone:
+            hw = working_size(backbone, tuple(frames.shape[1:3]), int(size) or None)
+            for start in range(0, total, ENCODE_BATCH):
+                stop = min(total, start + ENCODE_BATCH)
+                out.append(encode_frames(backbone, frames[start:stop], hw).float().cpu())
+                report(stop, total)
+        latent = VideoLatent(latents=torch.cat(out), frames=frames, size=hw,
+                             timesteps=(int(timestep_min), int(timestep_max)), seed=int(random_seed),
+                             fingerprint=model.fingerprint)
+        return (latent,)
+
+
+class InflatedUNetSegment:
+    """Segment every frame: the inflated UNet reads the learned segments' attention, window by window."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "The backbone the embedding was learned on."}),
+                "embedding": (EMBEDDING, {"tooltip": "Learned (or loaded) segment embedding."}),
+                "latent": (LATENT, {"tooltip": "The video latent from SMITE Invert Video."}),
+                "inflate": ("BOOLEAN", {"default": True,
+                                        "tooltip": "Inflated UNet: self-attention across all frames of a window and "
+                                                   "frame-pooled GroupNorm. Off: each frame alone (the paper's "
+                                                   "Baseline-I; no tracking or guidance)."}),
+                "window": ("INT", {"default": 16, "min": 1, "max": 256,
+                                   "tooltip": "Frames per window (memory grows with the square of it)."}),
+                "overlap": ("INT", {"default": 8, "min": 0, "max": 255,
+                                    "tooltip": "Frames shared by consecutive windows (cross-faded); below window."}),
+                "guide_steps": ("INT", {"default": 1, "min": 0, "max": 50,
+                                        "tooltip": "Denoising steps during which connected guides optimise the "
+                                                   "latent (each costs a few UNet passes). 0: guides only vote."}),
+            },
+            "optional": {
+                "track_vote": (TRACK_VOTE, {"tooltip": "Tracking + voting guide (SMITE TrackVote): temporal "
+                                                       "consistency inside the denoising loop."}),
+                "low_pass": (LOW_PASS, {"tooltip": "Low-pass regulariser guide (SMITE LowPassGuide): keeps the "
+                                                   "coarse layout of the first pass while the latent is guided."}),
+            },
+        }
+
+    RETURN_TYPES = (SEGMENTS,)
+    RETURN_NAMES = ("segments",)
+    OUTPUT_TOOLTIPS = ("Per-segment probabilities and labels of every frame, for SMITE Mask To Video.",)
+    FUNCTION = "segment"
+    CATEGORY = "SMITE/segment"
+    DESCRIPTION = ("Segments the video into the embedding's parts with the inflated UNet (windows of frames, "
+                   "cross-faded). Connect TrackVote / LowPassGuide for the method's temporal guidance.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, window, overlap, guide_steps):
+        if not 1 <= window <= 256:
+            return f"window: must be 1..256 (got {window})"
+        if not 0 <= overlap < window:
+            return f"overlap: must be between 0 and window-1 = {window - 1} (got {overlap})"
+        if not 0 <= guide_steps <= 50:
+            return f"guide_steps: must be 0..50 (got {guide_steps})"
+        return True
+
+    def segment(self, model, embedding, latent, inflate=True, window=16, overlap=8, guide_steps=1,
+                track_vote=None, low_pass=None):
+        if latent.fingerprint != model.fingerprint:
+            raise InputError("latent: it was made with another backbone; invert the video with this model")
+        fields = {"window": int(window), "overlap": int(overlap), "inflate": bool(inflate), "size": latent.size,
+                  "timesteps": latent.timesteps, "seed": latent.seed,
+                  # no guide connected: the plain inflated UNet (no tracking, voting or latent updates)
+                  "tracker": "none", "track_weight": 0.0, "lowpass_weight": 0.0, "vote_output": False,
+                  "guide_steps": int(guide_steps)}
+        if track_vote is not None:
+            fields.update(track_vote.config_fields())
+        if low_pass is not None:
+            fields.update(low_pass.config_fields())
+        config = make_config(fields)
+        total = latent.num_frames
+        report = host.progress(total)
+        started = time.perf_counter()
+        with torch.inference_mode(False):  # guidance needs gradients; ComfyUI runs nodes in inference mode
+            frames, latents = plain(latent.frames), plain(latent.latents)
+            with model.use() as backbone:
+                was = segment_frames(backbone, plain_embedding(embedding), frames, config, progress=report,
+                                     latents=latents)
+        labels = labels_from_was(was, tuple(latent.frames.shape[1:3]))
+        log.info("SMITE: segmented %d frames into %d segments (%.0f s%s)", total, embedding.num_segments,
+                 time.perf_counter() - started, ", guided" if config.temporal else "")
+        return (Segments(scores=was.to(torch.float16), labels=labels, names=list(embedding.names),
+                         frames=latent.frames),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SMITE_InvertVideo": InvertVideo,
+    "SMITE_InflatedUNetSegment": InflatedUNetSegment,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SMITE_InvertVideo": "SMITE Invert Video",
+    "SMITE_InflatedUNetSegment": "SMITE Inflated UNet Segment",
+}
