@@ -42,6 +42,7 @@ DEFAULT_LOWPASS_WEIGHT = 8.0
 DEFAULT_GUIDE_STEPS = 1
 DEFAULT_GUIDE_ITERS = 1
 DEFAULT_GUIDE_LR = 10.0
+REFINE_ZOOM = 2  # refine_crop: output grid per latent cell
 
 
 @dataclass
@@ -153,33 +154,85 @@ def segment_window(backbone: Backbone, embedding: SegmentEmbedding, frames: torc
     else the frames are encoded here. ``tracker``: built from ``config`` when needed and not given.
     ``carry``: the previous window's final WAS ``[n,K,h,w]`` of this window's first ``n`` frames;
     it replaces their reference WAS (the low-pass target and the first vote).
+    With ``config.refine_crop`` the result is on a grid ``REFINE_ZOOM`` times finer (``refine``).
     """
+    if config.refine_crop and config.inflate:
+        return _refined_window(backbone, embedding, frames, config, generator, context, latents, tracker, carry)
+    return _window(backbone, embedding, frames, config, generator, context, latents, tracker, carry)
+
+
+def _refined_window(backbone, embedding, frames, config, generator, context, latents, tracker, carry) -> torch.Tensor:
+    """Coarse plain pass, then the window again on a crop around the foreground (``refine``)."""
+    from .refine import crop_frames, crop_was, foreground_box, paste_was, to_canvas
+
+    plain = replace(config, tracker="none", track_weight=0.0, lowpass_weight=0.0, refine_crop=False)
+    fine_config = replace(config, refine_crop=False)
+    coarse = _window(backbone, embedding, frames, plain, generator, context, latents, None, None)
+    grid = tuple(coarse.shape[-2:])
+    canvas_hw = (grid[0] * REFINE_ZOOM, grid[1] * REFINE_ZOOM)
+    box = foreground_box(coarse)
+    if box is None:  # no foreground, or all of the frame: the plain window, on the canvas grid
+        small = None if carry is None else torch.nn.functional.interpolate(carry, size=grid, mode="bilinear",
+                                                                          align_corners=False)
+        return to_canvas(_window(backbone, embedding, frames, fine_config, generator, context, latents, tracker,
+                                 small), canvas_hw)
+    crop = crop_frames(frames, box)
+    size = working_size(backbone, tuple(frames.shape[1:3]), config.size)  # the crop is zoomed to the working size
+    fine = _window(backbone, embedding, crop, fine_config, generator, context, encode_frames(backbone, crop, size),
+                   tracker, None if carry is None else crop_was(carry, box, grid))
+    return paste_was(fine, box, canvas_hw)
+
+
+def _window(backbone, embedding, frames, config, generator, context, latents, tracker, carry) -> torch.Tensor:
+    """:func:`segment_window` without the refinement."""
     if context is None:
         context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
+    reference = reference_pass(backbone, embedding, frames, config, generator, context, latents)
+    if not config.temporal:
+        return reference.was
+    return temporal_pass(backbone, embedding, frames, config, reference, context, tracker, carry)
+
+
+@dataclass
+class ReferencePass:
+    """The plain forward of a window: timestep ``t``, noisy latent ``[F,4,h,w]``, model output, WAS (CPU)."""
+
+    t: int
+    noisy: torch.Tensor
+    out: torch.Tensor
+    was: torch.Tensor
+
+
+def reference_pass(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor, config: SegmentConfig,
+                   generator: torch.Generator, context: torch.Tensor, latents: torch.Tensor | None = None) -> ReferencePass:
+    """Encode (unless ``latents``), noise once at ``t ~ U(config.timesteps)`` and run the UNet over the window."""
     if latents is None:
         latents = encode_frames(backbone, frames, working_size(backbone, tuple(frames.shape[1:3]), config.size))
     t = sample_timestep(generator, config.timesteps)
     noisy = add_noise(backbone, latents.to(backbone.device, backbone.dtype), t, generator)
     out, record = unet_forward(backbone, noisy, t, context, embedding.num_segments, kv=embedding.kv,
                                inflate=config.inflate, pool_norm=config.pool_norm and config.inflate)
-    was = was_inference(record).float()
-    if not config.temporal:
-        return was.cpu()
-    del record
-    reference = was.cpu().clone()
+    return ReferencePass(t, noisy, out, was_inference(record).float().cpu())
+
+
+def temporal_pass(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor, config: SegmentConfig,
+                  ref: ReferencePass, context: torch.Tensor, tracker: Tracker | None = None,
+                  carry: torch.Tensor | None = None) -> torch.Tensor:
+    """Tracking, guided denoising steps and the output vote after a :func:`reference_pass` -> WAS (CPU)."""
+    reference = ref.was.clone()
     if carry is not None and len(carry):
         reference[:len(carry)] = carry.to(reference)
     tracks = None
     if config.tracker != "none":
         tracker = tracker or make_tracker(config.tracker, config.tracker_checkpoint, device=backbone.device)
-        tracks = tracker.track(frames, tuple(was.shape[-2:]), max_offset=config.vote_window // 2)
+        tracks = tracker.track(frames, tuple(reference.shape[-2:]), max_offset=config.vote_window // 2)
     current = reference
     if config.guided:
         from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(backbone.scheduler.config)  # a copy: never the shared one (D12)
         scheduler.set_timesteps(scheduler.config.num_train_timesteps)
-        z = noisy
+        z, out, t = ref.noisy, ref.out, ref.t
         for g in range(min(config.guide_steps, t - 1)):
             z = scheduler.step(out, t, z, eta=0.0).prev_sample  # one DDIM step: t -> t-1
             t -= 1
@@ -209,7 +262,9 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     ``source`` is a ``video_io.FrameSource`` (anything with ``num_frames`` and ``read(start, stop)``).
     ``latents``: optional clean VAE latents ``[T,4,h,w]`` of the whole video (from ``InvertVideo``);
     without them each window's frames are encoded as they are read.
-    ``progress(done_frames, total_frames)`` is called as frames are finished.
+    ``progress(done_frames, total_frames)`` is called as frames are finished. Each window after the
+    first gets the previous window's result for the frames they share (``carry``). With
+    ``config.refine_crop`` the maps are on a grid ``REFINE_ZOOM`` times finer than the latent.
     """
     config = config or SegmentConfig()
     config.validate()
@@ -228,12 +283,23 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     pending: dict[int, tuple[torch.Tensor, float]] = {}
     previous: tuple[tuple[int, int], torch.Tensor] | None = None
     done = 0
+    encoded: dict[int, torch.Tensor] = {}  # clean latents of the current window: each frame is encoded once
     for i, span in enumerate(spans):
-        window_latents = latents[span[0]:span[1]] if latents is not None else None
+        frames = source.read(*span)
+        if latents is not None:
+            window_latents = latents[span[0]:span[1]]
+        else:
+            first_new = max([span[0]] + [index + 1 for index in encoded])
+            if first_new < span[1]:
+                size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
+                new = encode_frames(backbone, frames[first_new - span[0]:], size)
+                encoded.update({first_new + j: z for j, z in enumerate(new)})
+            window_latents = torch.stack([encoded[index] for index in range(*span)])
+            encoded = {index: z for index, z in encoded.items() if i + 1 < len(spans) and index >= spans[i + 1][0]}
         carry = None
         if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
             carry = previous[1][span[0] - previous[0][0]:]
-        was = segment_window(backbone, embedding, source.read(*span), config, generator, context, window_latents,
+        was = segment_window(backbone, embedding, frames, config, generator, context, window_latents,
                              tracker=tracker, carry=carry)
         previous = (span, was)
         weights = blend_weights(span, spans[i - 1] if i else None, spans[i + 1] if i + 1 < len(spans) else None)

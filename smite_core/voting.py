@@ -164,19 +164,19 @@ def vote_video(frames: torch.Tensor, maps: torch.Tensor, tracker: str | Tracker 
     total = frames.shape[0]
     window_offsets(window)
     if maps.ndim == 4 and maps.is_floating_point():
-        stream = iter_votes(lambda a, b: frames[a:b], lambda a, b: maps[a:b].float(), total, tracker, window, chunk,
-                            progress)
-        return torch.stack([m for _, m in stream]).to(maps.dtype)
+        stream = iter_votes(lambda a, b: frames[a:b].cpu(), lambda a, b: maps[a:b].float().cpu(), total, tracker,
+                            window, chunk, progress)
+        return torch.stack([m for _, m in stream]).to(maps.device, maps.dtype)
     if maps.ndim != 3 or maps.is_floating_point() or maps.dtype == torch.bool:
         raise InputError(f"maps: expected float scores [T,K,h,w] or integer labels [T,H,W], got {maps.dtype} "
                          f"{tuple(maps.shape)}")
     if maps.numel() and maps.min() < 0:
         raise InputError(f"labels: negative label {int(maps.min())}")
-    out = torch.empty_like(maps)
-    for index, labels in iter_vote_labels(lambda a, b: frames[a:b], lambda a, b: maps[a:b], total, int(maps.max()) + 1,
-                                          tracker, window, max_grid, chunk, progress):
+    out = torch.empty(maps.shape, dtype=maps.dtype)
+    for index, labels in iter_vote_labels(lambda a, b: frames[a:b].cpu(), lambda a, b: maps[a:b].cpu(), total,
+                                          int(maps.max()) + 1, tracker, window, max_grid, chunk, progress):
         out[index] = labels
-    return out
+    return out.to(maps.device)
 
 
 def iter_vote_labels(read_frames: Callable[[int, int], torch.Tensor], read_labels: Callable[[int, int], torch.Tensor],

@@ -110,8 +110,8 @@ def test_bad_inputs_name_the_culprit_and_write_nothing(workspace, tmp_path, caps
     assert main(["segment", "--video", str(tmp_path / "missing.mp4"), "--embedding", str(emb), "--out", str(seg_out)]) == 2
     assert "missing.mp4" in _error_line(capsys)
     assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(emb), "--out", str(seg_out),
-                 "--tracker", "flow"]) == 2
-    assert "not implemented" in _error_line(capsys)
+                 "--track-weight", "-1"]) == 2
+    assert "track-weight" in _error_line(capsys)
     assert not seg_out.exists()
 
     assert main(["eval", "--pred", str(tmp_path / "nopred"), "--gt", str(workspace / "gt")]) == 2

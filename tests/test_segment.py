@@ -116,3 +116,20 @@ def test_precomputed_latents_give_the_same_maps(tiny_backbone, embedding):
     assert torch.allclose(segment_frames(tiny_backbone, embedding, frames, config, latents=latents), direct, atol=1e-5)
     with pytest.raises(InputError, match="latents"):
         segment_frames(tiny_backbone, embedding, frames, config, latents=latents[:3])
+
+
+def test_each_frame_is_vae_encoded_once(tiny_backbone, embedding, monkeypatch):
+    import smite_core.segment as segment_module
+
+    encoded = []
+    real = segment_module.encode_frames
+
+    def counting(backbone, frames, size, *args, **kwargs):
+        encoded.append(frames.shape[0])
+        return real(backbone, frames, size, *args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "encode_frames", counting)
+    frames = torch.rand(11, 64, 64, 3)
+    config = SegmentConfig(size=64, window=4, overlap=2, tracker="none", track_weight=0.0, lowpass_weight=0.0)
+    was = segment_frames(tiny_backbone, embedding, frames, config)
+    assert was.shape[0] == 11 and sum(encoded) == 11

@@ -1,0 +1,104 @@
+"""Pre-training of the tiny backbone: data, captions, losses, determinism, a loadable weights file."""
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+
+from smite_core import pretrain as PT
+from smite_core import procedural as P
+from smite_core.errors import InputError
+
+
+def test_vocabulary_is_the_shipped_one_and_fits_the_text_encoder():
+    shipped = json.loads((resources.files("smite_core.configs") / "tiny" / "vocab.json").read_text())["words"]
+    assert shipped == PT.vocabulary()
+    te = json.loads((resources.files("smite_core.configs") / "tiny" / "text_encoder.json").read_text())
+    assert te["vocab_size"] == len(shipped)
+    held_only = {p for c in P.HELDOUT_CATEGORIES for p in P.CATEGORY_PARTS[c]} - \
+        {p for c in P.TRAIN_CATEGORIES for p in P.CATEGORY_PARTS[c]}
+    assert not held_only & set(shipped) and not set(P.HELDOUT_CATEGORIES) & set(shipped)
+
+
+def test_tokenizer_interface():
+    from smite_core.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.from_json()
+    ids = tok("Wheel, body  WINDOW", add_special_tokens=False)["input_ids"]
+    assert [tok.words[i] for i in ids] == ["wheel", "body", "window"]
+    assert tok("beak", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    seq = tok.encode_prompt("red wheel")
+    assert len(seq) == 77 and seq[0] == tok.bos_token_id and seq[3] == tok.eos_token_id and seq[4] == tok.pad_token_id
+    assert tok.encode_prompt("") == [1, 2] + [0] * 75  # configs/tiny/smite.json empty_prompt_ids
+
+
+def test_generic_scene_is_deterministic_and_annotated():
+    a, b = PT.generic_scene(5, 96), PT.generic_scene(5, 96)
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["seg"], b["seg"])
+    assert a["image"].shape == (96, 96, 3) and a["seg"].dtype == np.int16
+    ids = set(np.unique(a["seg"]).tolist()) - {0, PT.IGNORE}
+    assert ids and max(ids) <= len(a["regions"])
+    for i in ids:
+        r = a["regions"][i - 1]
+        assert r["colour"] in PT.COLOURS and r["shape"] in PT.SHAPE_WORDS
+    assert not np.array_equal(a["image"], PT.generic_scene(6, 96)["image"])
+
+
+def test_captions_point_at_region_words():
+    rng = np.random.default_rng(0)
+    rec = PT.category_samples("car", PT.SEED_BASE, 1, 0, 0, 96)[0]
+    scene = PT.generic_scene(3, 96)
+    for record in (rec, scene):
+        for _ in range(20):
+            words, where = PT.sample_caption(rng, record)
+            for region, pos in where.items():
+                r = record["regions"][region - 1]
+                assert words[pos - 1] == r.get("name", r.get("shape"))  # position 0 is BOS
+
+
+def test_heldout_category_is_refused():
+    with pytest.raises(InputError, match="bird"):
+        PT.category_samples("bird", PT.SEED_BASE, 1, 0, 0, 64)
+
+
+def test_auxiliary_losses_prefer_the_right_maps():
+    seg = torch.tensor([[0, 0, 1, 1]])
+    good = torch.tensor([[[.5, .5, 0, 0], [.5, .5, 0, 0], [0, 0, .5, .5], [0, 0, .5, .5]]])
+    flat = torch.full((1, 4, 4), 0.25)
+    g_good, _ = PT.self_attention_losses(good, seg)
+    g_flat, _ = PT.self_attention_losses(flat, seg)
+    assert g_good < g_flat
+    ca = torch.zeros(1, 77, 2, 2)
+    ca[0, 0] = torch.tensor([[3.0, 3.0], [0.0, 0.0]])
+    ca[0, 5] = torch.tensor([[0.0, 0.0], [3.0, 3.0]])
+    right = PT.cross_attention_loss(ca, seg.reshape(1, 2, 2), [{1: 5}])
+    wrong = PT.cross_attention_loss(ca.flip(2), seg.reshape(1, 2, 2), [{1: 5}])
+    assert right < wrong
+    assert PT.was_inference_loss(ca, good, seg, [{1: 5}]) < PT.was_inference_loss(ca.flip(2), good, seg, [{1: 5}])
+
+
+def _tiny_run(seed):
+    config = PT.PretrainConfig(seed=seed, minutes=0.2, size=64, vae_steps=2, unet_steps=3, unet_batch=2, vae_batch=2,
+                               vae_crop=32, threads=1)
+    return PT.pretrain(config, say=lambda m: None)
+
+
+def test_pretrain_is_deterministic_and_writes_a_loadable_file(tmp_path):
+    from smite_core.backbone import backbone_fingerprint, build_tiny_components
+
+    torch.set_num_threads(1)
+    a, b = _tiny_run(0), _tiny_run(0)
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    fresh = build_tiny_components(weights_path=False)
+    assert not torch.equal(fresh.unet.conv_in.weight, a.unet.conv_in.weight)  # training moved the weights
+    path = PT.save_weights(a, tmp_path / "tiny.safetensors")
+    loaded = build_tiny_components(path)
+    assert loaded.extra["trained"]
+    assert torch.allclose(loaded.unet.conv_in.weight, a.unet.conv_in.weight.half().float())
+    assert backbone_fingerprint(loaded) != backbone_fingerprint(fresh)
+    assert path.stat().st_size < 20 * 2**20
+    assert PT.main(["--out", str(tmp_path / "x.bin")]) == 2  # only .safetensors is written
