@@ -61,6 +61,10 @@ class LearnSegmentEmbedding:
         with torch.inference_mode(False), torch.enable_grad():  # ComfyUI runs nodes in inference mode
             references = ReferenceSet([plain(i) for i in references.images], [plain(m) for m in references.labels],
                                       list(references.names), list(references.files))
+            missing = references.missing_ids()
+            if missing:
+                log.warning("SMITE: label id(s) %s appear in no reference; kept as empty segments",
+                            ", ".join(map(str, missing)))
             with model.use() as backbone:
                 embedding = learn_embedding(backbone, references, config, progress=report)
         log.info("SMITE: learned %d segments in %d steps (%.0f s)", embedding.num_segments, config.steps,
@@ -73,6 +77,8 @@ def _safe_name(filename: str) -> str:
     name = str(filename or "").strip().replace("\\", "/")
     if not name or name.endswith("/"):
         raise InputError("filename: give a file name, e.g. my_parts")
+    if "\x00" in name:
+        raise InputError(f"filename: {filename!r} contains a NUL character")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts) or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
         raise InputError(f"filename: {filename!r} must be a name inside the models/smite folder (no '..', no drive)")

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from smite_core.checks import require_finite
 from smite_core.errors import InputError
 
 from . import host
@@ -48,8 +49,9 @@ def _masks_of(masks) -> torch.Tensor:
     masks = torch.as_tensor(masks)
     if masks.ndim == 2:
         masks = masks[None]
-    if masks.ndim != 3 or masks.shape[0] < 1:
+    if masks.ndim != 3 or min(masks.shape) < 1:
         raise InputError(f"masks: expected a MASK batch [T,H,W], got shape {tuple(masks.shape)}")
+    require_finite(masks, "masks", "frame")
     return masks.float()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
@@ -75,20 +76,58 @@ def list_files(folder: str, extensions: tuple[str, ...]) -> list[str]:
     return sorted(n for n in names if n.lower().endswith(extensions))
 
 
+def model_name(folder: str, name) -> str:
+    """``name`` checked to be a relative name inside a model folder (``/``-separated): not empty, no
+    ``..``, not absolute, no drive letter, no NUL. Raises InputError naming the input otherwise."""
+    text = str(name if name is not None else "").strip()
+    if not text:
+        raise InputError(f"{folder}: no file chosen (the list is empty until a file is in ComfyUI's "
+                         f"models/{folder} folder)")
+    norm = text.replace("\\", "/")
+    parts = norm.split("/")
+    if ("\x00" in text or os.path.isabs(text) or norm.startswith("/") or re.match(r"^[A-Za-z]:", norm)
+            or ".." in parts):
+        raise InputError(f"{text!r}: not a name inside ComfyUI's '{folder}' model folders "
+                         "(no '..', no absolute paths or drives)")
+    return norm
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` lies in one of ``roots`` (lexically: symlinked model files stay allowed)."""
+    path = os.path.normpath(os.path.abspath(path))
+    for root in roots:
+        root = os.path.normpath(os.path.abspath(root))
+        try:
+            if os.path.commonpath([path, root]) == root:
+                return True
+        except ValueError:  # another drive
+            continue
+    return False
+
+
 def full_path(folder: str, name: str) -> str:
     """Absolute path of ``name`` in a registered model folder. Outside ComfyUI ``name`` is a path, or a
-    file of the pack's example folder."""
+    file of the pack's example folder.
+
+    Inside ComfyUI a name that tries to leave the model folders (``..``, absolute paths, drives) is
+    refused, and so is any lookup result outside them.
+    """
     folder_paths = comfy("folder_paths")
     if folder_paths is None:
+        if not str(name or "").strip():
+            raise InputError(f"{folder}: no file given")
         if not os.path.exists(name):
             for root in _outside_folders(folder):
                 if os.path.isfile(os.path.join(root, name)):
                     return os.path.join(root, name)
         return name
+    name = model_name(folder, name)
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise InputError(f"{name}: not found in ComfyUI's '{folder}' model folders "
                          f"({', '.join(folder_paths.get_folder_paths(folder))})")
+    if not _inside(path, folder_paths_of(folder)):
+        raise InputError(f"{name}: resolves outside ComfyUI's '{folder}' model folders")
     return path
 
 
@@ -117,6 +156,8 @@ def diffusers_folders() -> list[str]:
 
 
 def diffusers_folder_path(name: str) -> str:
+    if inside_comfyui():
+        name = model_name("diffusers", name)
     for root in folder_paths_of("diffusers"):
         path = os.path.join(root, name)
         if os.path.isdir(path):

@@ -36,7 +36,9 @@ def resolve_model(choice: str) -> str:
     Inside ComfyUI the choice is looked up in the registered model folders (``extra_model_paths.yaml``
     included); outside ComfyUI a choice that is not ``tiny`` is used as a path.
     """
-    choice = str(choice).strip()
+    choice = str(choice if choice is not None else "").strip()
+    if not choice:
+        raise InputError("model: no backbone chosen (pick 'tiny (embedded)', a checkpoint or a diffusers folder)")
     if choice in (TINY, "tiny"):
         return "tiny"
     if choice.startswith(CHECKPOINT_PREFIX) and host.inside_comfyui():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -14,6 +15,8 @@ from smite_core.video_io import overlay
 
 from .labelmaps import image_to_ids
 from .wires import REFERENCES
+
+log = logging.getLogger(__name__)
 
 MASK_SLOTS = 8
 
@@ -91,18 +94,24 @@ class LoadReferences:
             if images is not None or label_map is not None or given_masks:
                 raise InputError("LoadReferences: give either a folder or images with masks/label map, not both")
             references = load_reference_folder(folder)
+            for note in references.notes:
+                log.info("SMITE: %s", note)
             if names:
                 from smite_core.references import complete_names
 
                 references = ReferenceSet(references.images, references.labels,
-                                          complete_names(names, references.num_segments), references.files)
+                                          complete_names(names, references.num_segments), references.files,
+                                          references.notes)
             return (references, preview(references))
         if images is None:
             raise InputError("LoadReferences: connect the reference images (or give a folder)")
         if label_map is not None and given_masks:
             raise InputError("LoadReferences: connect either a label map or segment masks, not both")
         if label_map is not None:
-            ids = image_to_ids(label_map)
+            notes: list[str] = []
+            ids = image_to_ids(label_map, notes=notes)
+            for note in notes:
+                log.info("SMITE: %s", note)
             if ids.shape[0] == 1 and images.shape[0] > 1:
                 raise InputError(f"label_map: 1 label map for {images.shape[0]} images; give one per image")
             if tuple(ids.shape[1:]) != tuple(images.shape[1:3]):

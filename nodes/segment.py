@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from smite_core.checks import require_finite
 from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
 from smite_core.inversion import DEFAULT_TIMESTEPS, encode_frames, working_size
@@ -23,14 +24,19 @@ ENCODE_BATCH = 8
 
 
 def frames_of(images, what: str = "images") -> torch.Tensor:
-    """An IMAGE batch ``[T,H,W,C]`` -> float32 ``[T,H,W,3]`` (alpha dropped); one ``[H,W,C]`` image is T=1."""
+    """An IMAGE batch ``[T,H,W,C]`` -> float32 ``[T,H,W,3]``: RGBA loses its alpha, a 1-channel (grey)
+    batch is replicated; one ``[H,W,C]`` image is T=1. Empty batches and NaN/infinite values are refused."""
     if not isinstance(images, torch.Tensor):
         raise InputError(f"{what}: expected an IMAGE batch, got {type(images).__name__}")
     if images.ndim == 3:
         images = images[None]
-    if images.ndim != 4 or images.shape[-1] not in (3, 4) or images.shape[0] < 1:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise InputError(f"{what}: expected an IMAGE batch [T,H,W,3], got shape {tuple(images.shape)}")
-    return images[..., :3].to(torch.float32)
+    if min(images.shape) == 0:
+        raise InputError(f"{what}: empty IMAGE batch (shape {tuple(images.shape)})")
+    require_finite(images, what, "frame")
+    images = images.to(torch.float32)
+    return images.expand(-1, -1, -1, 3) if images.shape[-1] == 1 else images[..., :3]
 
 
 def make_config(fields: dict) -> SegmentConfig:
@@ -179,7 +185,7 @@ class InflatedUNetSegment:
             frames, latents = plain(latent.frames), plain(latent.latents)
             with model.use() as backbone:
                 was = segment_frames(backbone, plain_embedding(embedding), frames, config, progress=report,
-                                     latents=latents)
+                                     latents=latents, say=lambda message: log.warning("SMITE: %s", message))
         labels = labels_from_was(was, tuple(latent.frames.shape[1:3]))
         log.info("SMITE: segmented %d frames into %d segments (%.0f s%s)", total, embedding.num_segments,
                  time.perf_counter() - started, ", guided" if config.temporal else "")

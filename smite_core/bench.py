@@ -1,21 +1,52 @@
-"""``smite bench``: seconds per pipeline stage on a procedural video, and peak memory.
+"""``smite bench``: seconds per pipeline stage, peak memory, the voting benchmark and an SD 2.1 estimate.
 
-The stages are run exactly as ``segment.segment_stream`` runs them, but timed one by one:
-decode (frame reading), VAE encode, UNet forward, WAS maps, labels (upsampling + argmax) and
-writing (label PNGs). Numbers are measured, never asserted by tests.
+**Pipeline timing.** :func:`run_bench` writes a procedural video to an mp4 file (a ``CLIP_FRAMES``
+clip rendered once and played back and forth, so the test video costs the same memory at any
+length), then runs exactly what ``smite segment`` runs: ``segment.segment_stream`` (lazy decoding,
+VAE, inflated UNet, WAS, tracking, voting, guidance) consumed by ``export.export_segmentation``
+(labels at frame size, label PNGs and the overlay video) into a temporary folder. The stages are
+timed by wrapping the functions those modules call (:func:`instrumented`), restored afterwards;
+each stage gets its *own* time (a UNet forward inside the guidance counts as ``unet``, what is
+left of the guidance - energies, backward pass, latent update - as ``guidance_backward``). Time in
+no stage (noise, DDIM step, window blending) is ``other_s``.
+
+**Voting.** :func:`bench_voting` times ``voting.vote_tracks`` on the standard problem (16 frames,
+6 classes, 64x64 grid, window 15, every cell of every frame a query) against
+:func:`reference_vote_loop`, our per-query Python loop with the structure of the reference
+implementation's voting, kept here only as the comparison baseline.
+
+**SD 2.1 estimate.** :func:`sd21_estimate` counts the FLOPs of the real SD 2.1 UNet and VAE
+configurations (``configs/sd2``) built on the meta device (no weights, no memory) with
+``torch.utils.flop_counter.FlopCounterMode`` and turns them into frames per second at a stated
+share of a GPU's peak.
+
+Numbers are measured and reported (README "Performance"), never asserted by tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import math
 import resource
+import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
+
+STAGES = ("decode", "vae_encode", "unet", "was", "tracking", "voting", "guidance_backward", "labels", "write")
+CLIP_FRAMES = 16  # frames rendered for the procedural test video; longer videos play it back and forth
+VOTE_PROBLEM = {"frames": 16, "classes": 6, "grid": 64, "window": 15}
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets (SXM parts).
+GPU_PEAK_TFLOPS = {"H100": 989.4, "A100": 312.0}
+ASSUMED_MFU = 0.35  # share of the peak an SD UNet reaches with SDPA in bf16 (an assumption, stated)
 
 
 def peak_rss_mb() -> float:
@@ -29,68 +60,385 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", device: str = "auto",
-              dtype: str = "auto", inflate: bool = True, seed: int = 0,
-              say: Callable[[str], None] = print) -> dict:
-    """Segment a procedural video of ``frames`` frames and time every stage; returns a flat dict."""
-    from .backbone import load_backbone
-    from .embedding import SegmentEmbedding, build_context
-    from .inversion import add_noise, encode_frames, sample_timestep, working_size
-    from .label_png import save_label_png
-    from .procedural import make_video
-    from .segment import SegmentConfig, window_spans
-    from .unet_pass import unet_forward
-    from .video_io import FrameSource
-    from .was import labels_from_was, was_inference
+# ----------------------------------------------------------------------------- stage timing
 
+
+class StageTimer:
+    """Own (exclusive) seconds and call counts per stage of wrapped functions that may nest."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.calls = dict.fromkeys(STAGES, 0)
+        self.items = dict.fromkeys(STAGES, 0)  # frames handled, where a stage's first argument tells
+        self._children: list[float] = []
+
+    def wrap(self, stage: str, fn: Callable, count: Callable | None = None) -> Callable:
+        """``fn`` timed as ``stage``; ``count(*args)`` -> items handled by one call (optional)."""
+        if stage not in self.seconds:
+            raise ValueError(f"unknown stage {stage!r}")
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            _sync(self.device)
+            start = time.perf_counter()
+            self._children.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                elapsed = time.perf_counter() - start
+                inner = self._children.pop()
+                self.seconds[stage] += elapsed - inner
+                self.calls[stage] += 1
+                if count is not None:
+                    self.items[stage] += int(count(*args, **kwargs))
+                if self._children:
+                    self._children[-1] += elapsed
+
+        return timed
+
+
+@contextlib.contextmanager
+def _patched(targets: list[tuple[object, str, Callable]]) -> Iterator[None]:
+    saved = []
+    try:
+        for owner, name, make in targets:
+            if not hasattr(owner, name):  # a renamed function must fail the bench, not time nothing
+                raise RuntimeError(f"bench: {getattr(owner, '__name__', owner)}.{name} no longer exists")
+            original = getattr(owner, name)
+            saved.append((owner, name, original))
+            setattr(owner, name, make(original))
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def instrumented(timer: StageTimer) -> Iterator[StageTimer]:
+    """Time the pipeline's stages while the block runs, by wrapping the functions that ``segment``,
+    ``guidance`` and ``export`` look up in their module namespaces; everything is restored on exit."""
+    from . import export, guidance, segment
+
+    def tracker_factory(make_tracker):
+        def make(*args, **kwargs):
+            tracker = make_tracker(*args, **kwargs)
+            tracker.track = timer.wrap("tracking", tracker.track)
+            return tracker
+        return make
+
+    def writer_factory(open_writer):
+        @contextlib.contextmanager
+        def opened(*args, **kwargs):
+            with open_writer(*args, **kwargs) as writer:
+                writer.write = timer.wrap("write", writer.write)
+                yield writer
+        return opened
+
+    frames_of = lambda backbone, frames, *a, **k: frames.shape[0]  # noqa: E731
+    wrap = lambda stage, count=None: (lambda fn: timer.wrap(stage, fn, count))  # noqa: E731
+    targets = [
+        (segment, "encode_frames", wrap("vae_encode", frames_of)),
+        (segment, "unet_forward", wrap("unet")),
+        (segment, "was_inference", wrap("was")),
+        (segment, "make_tracker", tracker_factory),
+        (segment, "vote_tracks", wrap("voting")),
+        (segment, "guide_latents", wrap("guidance_backward")),
+        (guidance, "unet_forward", wrap("unet")),
+        (guidance, "was_inference", wrap("was")),
+        (export, "labels_from_was", wrap("labels")),
+        (export, "save_label_png", wrap("write")),
+        (export, "overlay", wrap("write")),
+        (export, "open_video_writer", writer_factory),
+    ]
+    with _patched(targets):
+        yield timer
+
+
+# ----------------------------------------------------------------------------- test video
+
+
+def clip_index(i: int, clip: int) -> int:
+    """Frame of a ``clip``-frame clip shown at position ``i`` when it is played forth and back."""
+    if clip <= 1:
+        return 0
+    period = 2 * (clip - 1)
+    j = i % period
+    return j if j < clip else period - j
+
+
+def write_procedural_video(path: str | Path, frames: int, size: int, seed: int = 0, fps: float = 24.0) -> list[str]:
+    """Write a ``frames``-frame ``size x size`` procedural car video to ``path`` (mp4), streaming.
+
+    Only a ``CLIP_FRAMES`` clip is rendered; longer videos play it forth and back. Returns the
+    segment names of the category.
+    """
+    from .procedural import make_video
+    from .video_io import open_video_writer
+
+    clip = make_video("car", seed=seed, num_frames=min(frames, CLIP_FRAMES), size=(size, size))
+    n = clip.frames.shape[0]
+    with open_video_writer(path, fps=fps, overwrite=True) as writer:
+        for i in range(frames):
+            writer.write(clip.frames[clip_index(i, n)])
+    return list(clip.names)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", device: str = "auto",
+              dtype: str = "auto", inflate: bool = True, seed: int = 0, work_size: int | None = None,
+              video: str | None = None, overlay: str | None = "mp4", voting: bool = True,
+              vote_ref_queries: int | None = 1024, say: Callable[[str], None] = print) -> dict:
+    """Segment a video (procedural unless ``video``) as ``smite segment`` does and time every stage.
+
+    ``size``: side of the procedural frames (default: the backbone's resolution); ``work_size``:
+    the working resolution (default: the backbone's). ``voting``: also run :func:`bench_voting`.
+    Returns a flat dict (see README "Performance" for the keys).
+    """
+    from .backbone import load_backbone
+    from .embedding import SegmentEmbedding
+    from .errors import InputError
+    from .export import export_segmentation
+    from .segment import SegmentConfig, segment_stream, window_spans
+    from .video_io import open_frames
+
+    if frames < 1:
+        raise InputError(f"--frames: must be at least 1 (got {frames})")
     t0 = time.perf_counter()
     backbone = load_backbone(model, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
-    side = size or backbone.resolution
-    say(f"bench: {frames} frames of {side}x{side} on {backbone.device} ({backbone.dtype}), model {model}")
-    video = make_video("car", seed=seed, num_frames=frames, size=(side, side))
-    source = FrameSource.from_tensor(torch.from_numpy(video.frames))
-    g = torch.Generator().manual_seed(seed)
-    k = len(video.names)
-    embedding = SegmentEmbedding(tokens=torch.randn(k - 1, backbone.context_dim, generator=g), names=video.names,
-                                 backbone_fingerprint=backbone.fingerprint)
-    config = SegmentConfig(inflate=inflate, seed=seed)
-    context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
-    work = working_size(backbone, (side, side), config.size)
-    times: dict[str, float] = defaultdict(float)
     dev = backbone.device
-
-    def timed(stage, fn, *args, **kwargs):
-        _sync(dev)
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        _sync(dev)
-        times[stage] += time.perf_counter() - start
-        return out
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    total_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        spans = window_spans(frames, config.window, config.overlap)
-        for span in spans:
-            window = timed("decode", source.read, *span)
-            latents = timed("vae_encode", encode_frames, backbone, window, work)
-            t = sample_timestep(g, config.timesteps)
-            noisy = add_noise(backbone, latents, t, g)
-            _, record = timed("unet", unet_forward, backbone, noisy, t, context, k, kv=embedding.kv,
-                              inflate=inflate, pool_norm=inflate)
-            was = timed("was", was_inference, record).float().cpu()
-            labels = timed("labels", labels_from_was, was, (side, side))
-            for j, index in enumerate(range(*span)):
-                timed("write", save_label_png, Path(tmp) / f"{index:05d}.png", labels[j].numpy(), overwrite=True)
-    total_s = time.perf_counter() - total_start
-    result = {"frames": frames, "size": side, "device": str(dev), "model": model, "inflate": inflate,
-              "windows": len(spans), "load_s": round(load_s, 3)}
-    result.update({f"{stage}_s": round(v, 3) for stage, v in times.items()})
-    result.update({"total_s": round(total_s, 3), "unet_s": round(times["unet"], 3),
-                   "s_per_frame": round(total_s / frames, 4), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    side = size or backbone.resolution
+    if side < 32:
+        raise InputError(f"--size: frames must be at least 32 pixels (got {side})")
+    config = SegmentConfig(inflate=inflate, seed=seed, size=work_size)
+    config.validate()
+    timer = StageTimer(dev)
+    with tempfile.TemporaryDirectory(prefix="smite-bench-") as tmp:
+        t0 = time.perf_counter()
+        if video is None:
+            video = str(Path(tmp) / "bench.mp4")
+            names = write_procedural_video(video, frames, side, seed)
+        else:
+            names = None
+        setup_s = time.perf_counter() - t0
+        with open_frames(video) as source:
+            total_frames = source.num_frames
+            if names is None:
+                names = ["background"] + [f"part{i}" for i in range(1, 5)]
+            say(f"bench: {total_frames} frames of {source.width}x{source.height} on {dev} ({backbone.dtype}), "
+                f"model {model}")
+            g = torch.Generator().manual_seed(seed)
+            embedding = SegmentEmbedding(tokens=torch.randn(len(names) - 1, backbone.context_dim, generator=g),
+                                         names=names, backbone_fingerprint=backbone.fingerprint)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            start = time.perf_counter()
+            with instrumented(timer):
+                source.read = timer.wrap("decode", source.read)
+                maps = segment_stream(backbone, embedding, source, config, say=say)
+                summary = export_segmentation(Path(tmp) / "out", maps, source, names, overlay_format=overlay)
+            _sync(dev)
+            total_s = time.perf_counter() - start
+    staged = sum(timer.seconds.values())
+    result = {"frames": summary["frames"], "size": side, "work_size": work_size or backbone.resolution,
+              "device": str(dev), "dtype": str(backbone.dtype).replace("torch.", ""), "model": model,
+              "inflate": inflate, "windows": len(window_spans(total_frames, config.window, config.overlap)),
+              "load_s": round(load_s, 3), "setup_s": round(setup_s, 3)}
+    result.update({f"{stage}_s": round(timer.seconds[stage], 3) for stage in STAGES})
+    result.update({"other_s": round(max(0.0, total_s - staged), 3), "total_s": round(total_s, 3),
+                   "s_per_frame": round(total_s / max(1, summary["frames"]), 4),
+                   "tracker_calls": timer.calls["tracking"], "unet_calls": timer.calls["unet"],
+                   "vae_frames": timer.items["vae_encode"], "peak_rss_mb": round(peak_rss_mb(), 1)})
     if dev.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 20, 1)
+    if voting:
+        result.update(bench_voting(ref_queries=vote_ref_queries))
     return result
+
+
+# ----------------------------------------------------------------------------- voting
+
+
+def voting_problem(frames: int = 16, classes: int = 6, grid: int = 64, seed: int = 0):
+    """The standard voting problem: maps ``[F,K,g,g]`` and dense tracks of every cell of every frame.
+
+    Tracks drift with a per-point velocity (up to about half a cell per frame) plus jitter, so some
+    leave the grid; about 10 % of the other frames' points are occluded.
+    """
+    from .tracking import Tracks, grid_points
+
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(frames, classes, grid, grid, generator=g)
+    points = grid_points((grid, grid))  # [N,2]
+    n = points.shape[0]
+    velocity = torch.randn(n, 2, generator=g) * 0.25
+    offsets = (torch.arange(frames)[None, :] - torch.arange(frames)[:, None]).float()  # [Fq,F]
+    positions = points + offsets[..., None, None] * velocity + torch.randn(frames, frames, n, 2, generator=g) * 0.3
+    visible = torch.rand(frames, frames, n, generator=g) > 0.1
+    return maps, Tracks(positions, visible, torch.arange(frames), (grid, grid))
+
+
+def reference_vote_loop(maps: torch.Tensor, tracks, window: int = 15, queries: list[int] | None = None) -> torch.Tensor:
+    """COMPARISON BASELINE ONLY (``smite bench``): the vote one query at a time in Python.
+
+    Same structure as the reference implementation's voting loop (for every query frame, for every
+    point: gather the visible tracked class vectors over the window, take the most frequent
+    argmax with ``np.unique``, average the vectors that agree), written with the conventions of
+    :func:`~smite_core.voting.vote_tracks` (window clipped to the video, the query's own cell always
+    counted) so both give the same numbers. ``queries``: flat indices ``qi * N + n`` to vote
+    (default all). Returns ``[len(queries), K]``.
+    """
+    from .voting import window_offsets
+
+    frames, k, h, w = maps.shape
+    n_points = h * w
+    before, after = window_offsets(window)
+    cells = torch.floor(tracks.positions + 0.5).long()  # [Fq,F,N,2]: track -> grid cell, as the tracker post-processing
+    inside = (cells[..., 0] >= 0) & (cells[..., 0] < w) & (cells[..., 1] >= 0) & (cells[..., 1] < h)
+    visible = tracks.visible & inside
+    if queries is None:
+        queries = range(len(tracks.query_frames) * n_points)
+    out = []
+    for flat in queries:
+        qi, n = divmod(int(flat), n_points)
+        i = int(tracks.query_frames[qi])
+        feats = []
+        for j in range(max(0, i - before), min(frames, i + after + 1)):
+            if j == i:
+                feats.append(maps[j, :, n // w, n % w])
+            elif visible[qi, j, n]:
+                u, v = cells[qi, j, n]
+                feats.append(maps[j, :, v, u])
+        feats = torch.stack(feats)
+        labels = feats.argmax(dim=1)
+        values, counts = np.unique(labels.numpy(), return_counts=True)
+        mode = int(values[np.argmax(counts)])
+        agree = labels == mode
+        out.append(feats[agree].sum(dim=0) / agree.sum())
+    return torch.stack(out)
+
+
+def bench_voting(repeats: int = 5, ref_queries: int | None = 1024, seed: int = 0) -> dict:
+    """``vote_ms`` (median of ``repeats``) of :func:`~smite_core.voting.vote_tracks` on the standard
+    problem and ``vote_ref_ms`` of :func:`reference_vote_loop`: timed on ``ref_queries`` queries
+    spread evenly over all of them and scaled to the full problem (None: the full loop), plus
+    the largest difference between the two on the queries both computed."""
+    from .voting import vote_tracks
+
+    p = VOTE_PROBLEM
+    maps, tracks = voting_problem(p["frames"], p["classes"], p["grid"], seed)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        voted = vote_tracks(maps, tracks, p["window"])
+        times.append(time.perf_counter() - start)
+    vote_ms = statistics.median(times) * 1000
+    total = p["frames"] * p["grid"] ** 2
+    count = total if ref_queries is None else max(1, min(int(ref_queries), total))
+    queries = [int(q) for q in np.linspace(0, total - 1, count).round().astype(int)]
+    start = time.perf_counter()
+    looped = reference_vote_loop(maps, tracks, p["window"], queries)
+    ref_ms = (time.perf_counter() - start) * 1000 * total / count
+    flat = voted.permute(0, 2, 3, 1).reshape(total, p["classes"])[queries]
+    return {"vote_ms": round(vote_ms, 2), "vote_ref_ms": round(ref_ms, 1), "vote_ref_queries": count,
+            "vote_speedup": round(ref_ms / vote_ms, 1) if vote_ms > 0 else None,
+            "vote_max_diff": float((flat - looped).abs().max())}
+
+
+# ----------------------------------------------------------------------------- SD 2.1 estimate
+
+
+def _meta_models(family: str = "sd2"):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .backbone import read_family_config
+
+    cfg = read_family_config(family)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg["unet"])
+        vae = AutoencoderKL.from_config(cfg["vae"])
+    return unet, vae, cfg
+
+
+def _count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def sd21_estimate(size: int = 512, num_segments: int = 6, family: str = "sd2", mfu: float = ASSUMED_MFU) -> dict:
+    """FLOPs of SMITE on SD 2.1 at ``size`` and the frames per second they allow on an H100 / A100.
+
+    Counted with ``FlopCounterMode`` on the meta device (matmuls, convolutions and attention; the
+    elementwise ops and norms are not counted, which the ``mfu`` share absorbs), with the default
+    ``SegmentConfig`` (16-frame windows, overlap 8, guidance steps/iterations/sub-slices) and,
+    for comparison, the reference code's budget (a CFG reference pass, 4 denoising forwards,
+    3 x 15 iterations of 4 sub-slices) and a plain pass without guidance. Per window
+    ``window - overlap`` frames are new, each VAE-encoded once.
+    """
+    from .segment import SegmentConfig
+    from .unet_pass import unet_forward
+    from .was import was_inference
+
+    unet, vae, cfg = _meta_models(family)
+    backbone = SimpleNamespace(unet=unet, device=torch.device("meta"), dtype=torch.float32)
+    latent = size // 8
+    context = torch.zeros(1, 77, int(cfg["unet"]["cross_attention_dim"]), device="meta")
+
+    def forward(frames: int):
+        with torch.no_grad():
+            _, record = unet_forward(backbone, torch.zeros(frames, 4, latent, latent, device="meta"), 100, context,
+                                     num_segments)
+            was_inference(record)
+
+    def forward_backward(frames: int):  # with the ResNet recomputation of gradient checkpointing, as on GPUs
+        z = torch.zeros(frames, 4, latent, latent, device="meta", requires_grad=True)
+        with torch.enable_grad():
+            _, record = unet_forward(backbone, z, 100, context, num_segments, checkpointing=True)
+            was_inference(record).float().square().mean().backward()  # (autograd.grad trips the flop counter's hooks)
+
+    def encode():
+        with torch.no_grad():
+            vae.encode(torch.zeros(1, 3, size, size, device="meta"))
+
+    c = SegmentConfig()
+    window, new = c.window, c.window - c.overlap
+    slices = math.ceil(window / c.guide_slice)
+    fwd_window = _count_flops(lambda: forward(window))
+    fb_slice = _count_flops(lambda: forward_backward(c.guide_slice))
+    vae_frame = _count_flops(encode)
+    single = _count_flops(lambda: forward(1))
+    # ours: reference pass, then per guided step its iterations over the sub-slices and one forward
+    ours = fwd_window + c.guide_steps * (c.guide_iters * slices * fb_slice + fwd_window)
+    # the reference code: a CFG reference pass (2 windows), 4 denoising forwards, 3 x 15 guided iterations
+    reference = 6 * fwd_window + 3 * 15 * slices * fb_slice
+    per_frame = {"ours": (ours + new * vae_frame) / new, "reference": (reference + new * vae_frame) / new,
+                 "plain": (fwd_window + new * vae_frame) / new}
+    tera = lambda flops: _sig(flops / 1e12)  # noqa: E731
+    out = {"sd21_size": size, "sd21_unet_tflop_1frame": tera(single), "sd21_unet_tflop_window": tera(fwd_window),
+           "sd21_fwd_bwd_tflop_slice": tera(fb_slice), "sd21_vae_tflop_frame": tera(vae_frame), "sd21_mfu": mfu}
+    for name, flops in per_frame.items():
+        out[f"sd21_{name}_tflop_per_frame"] = tera(flops)
+        for gpu, peak in GPU_PEAK_TFLOPS.items():
+            out[f"sd21_{name}_fps_{gpu.lower()}"] = _sig(peak * mfu * 1e12 / flops)
+    return out
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def format_result(result: dict) -> str:
+    """Aligned ``key  value`` lines."""
+    return "\n".join(f"{key:>30s}  {value}" for key, value in result.items())
+
+
+def result_line(result: dict) -> str:
+    """The one-line JSON object ``--json`` prints last."""
+    return json.dumps(result)

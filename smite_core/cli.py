@@ -70,17 +70,43 @@ def cmd_learn(args) -> int:
     from .learn import LearnConfig, learn_embedding
     from .references import load_reference_folder
 
-    out = check_writable(args.out, args.overwrite)
+    out = check_writable(args.out, args.overwrite, "file")
     if out.suffix != ".safetensors":
         raise SmiteError(f"{out}: the embedding file must end in .safetensors")
+    checkpoint = args.checkpoint
+    if checkpoint is not None:
+        from pathlib import Path
+
+        if Path(checkpoint).suffix != ".safetensors":
+            raise SmiteError(f"--checkpoint: {checkpoint} must end in .safetensors")
+        if Path(checkpoint).resolve() == out.resolve():
+            raise SmiteError(f"--checkpoint: {checkpoint} is the output file; give the learning state its own file")
+        if args.checkpoint_every < 0:
+            raise SmiteError(f"--checkpoint-every: must be 0 or more steps (got {args.checkpoint_every})")
     references = load_reference_folder(args.refs)
     _say(f"{len(references)} reference image(s), {references.num_segments} segments: {', '.join(references.names)}")
+    for note in references.notes:
+        _say(note)
+    missing = references.missing_ids()
+    if missing:
+        _say(f"note: label id(s) {', '.join(map(str, missing))} appear in no reference; kept as empty segments "
+             f"({', '.join(references.names[i] for i in missing)})")
     backbone = _load_backbone(args)
     config = LearnConfig.for_backbone(backbone, steps=args.steps, seed=args.seed, size=args.size,
                                       train_kv=False if args.tokens_only else None)
-    embedding = learn_embedding(backbone, references, config, progress=_progress_bar("learning", config.steps, "step"))
+    try:
+        embedding = learn_embedding(backbone, references, config,
+                                    progress=_progress_bar("learning", config.steps, "step"),
+                                    checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                                    replace_other_checkpoint=args.overwrite, say=_say)
+    except KeyboardInterrupt:
+        _say(f"interrupted; {out} was not written")
+        return 130
     embedding.save(out, overwrite=args.overwrite)
     _say(f"wrote {out}")
+    if checkpoint is not None and os.path.isfile(checkpoint):
+        os.remove(checkpoint)
+        _say(f"removed the learning state {checkpoint} (learning finished)")
     return 0
 
 
@@ -91,7 +117,7 @@ def cmd_segment(args) -> int:
     from .segment import segment_stream
     from .video_io import open_frames
 
-    check_writable(args.out, args.overwrite)
+    check_writable(args.out, args.overwrite, "folder")
     config = _segment_config(args)
     config.validate()
     embedding = SegmentEmbedding.load(args.embedding)
@@ -100,7 +126,8 @@ def cmd_segment(args) -> int:
         backbone = _load_backbone(args)
         embedding.check_backbone(backbone)
         maps = segment_stream(backbone, embedding, source, config,
-                              progress=_progress_bar("segmenting", source.num_frames, "frame"))
+                              progress=_progress_bar("segmenting", source.num_frames, "frame"),
+                              say=lambda message: _say(f"note: {message}"))
         overlay = None if args.overlay == "none" else args.overlay
         summary = export_segmentation(args.out, maps, source, embedding.names, overlay_format=overlay,
                                       overwrite=args.overwrite)
@@ -114,7 +141,7 @@ def cmd_eval(args) -> int:
     from .metrics import evaluate_folders, write_metrics_json
 
     if args.json:
-        check_writable(args.json, args.overwrite)
+        check_writable(args.json, args.overwrite, "file")
     metrics = evaluate_folders(args.pred, args.gt)
     _print_metrics(metrics)
     if args.json:
@@ -149,7 +176,7 @@ def cmd_vote(args) -> int:
     from .video_io import open_frames, open_video_writer, overlay
     from .voting import iter_vote_labels, window_offsets
 
-    check_writable(args.out, args.overwrite)
+    check_writable(args.out, args.overwrite, "folder")
     window_offsets(args.vote_window)
     if args.max_grid < 1:
         raise InputError(f"--max-grid: must be at least 1 (got {args.max_grid})")
@@ -210,15 +237,44 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    if args.quality:
+        return _bench_quality(args)
+    from .bench import format_result, result_line, run_bench, sd21_estimate
 
-    result = run_bench(frames=args.frames, size=args.size, model=args.model, device=args.device, dtype=args.dtype,
-                       inflate=not args.no_inflate, say=_say)
-    for key, value in result.items():
-        if not args.json:
-            print(f"{key:>24s}  {value}")
+    if args.vote_ref_queries is not None and args.vote_ref_queries < 0:
+        raise SmiteError(f"--vote-ref-queries: must be 0 (the full loop) or more (got {args.vote_ref_queries})")
+    if args.flops:
+        _say("counting SD 2.1 FLOPs on the meta device ...")
+        result = sd21_estimate(size=args.size or 512)
+    else:
+        if args.work_size is not None and args.work_size < 8:
+            raise SmiteError(f"--work-size: must be at least 8 pixels (got {args.work_size})")
+        result = run_bench(frames=16 if args.frames is None else args.frames, size=args.size, model=args.model, device=args.device,
+                           dtype=args.dtype, inflate=not args.no_inflate, seed=args.seed, work_size=args.work_size,
+                           video=args.video, overlay=None if args.overlay == "none" else args.overlay,
+                           voting=not args.no_vote, vote_ref_queries=args.vote_ref_queries or None, say=_say)
     if args.json:
-        print(json.dumps(result))
+        print(result_line(result))
+    else:
+        print(format_result(result))
+    return 0
+
+
+def _bench_quality(args) -> int:
+    from .quality import format_table, result_json, run_quality
+
+    try:
+        shots = [int(v) for v in args.shots.split(",") if v.strip()]
+    except ValueError:
+        raise SmiteError(f"--shots: {args.shots!r} is not a comma-separated list of integers") from None
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    backbone = _load_backbone(args)
+    result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos, frames=args.frames or 24,
+                         learn_overrides={"steps": args.steps} if args.steps else None, say=_say)
+    print(format_table(result))
+    print(f"({result.seconds:.0f} s)")
+    if args.json:
+        print(json.dumps(result_json(result)))
     return 0
 
 
@@ -256,7 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="training image side (default: the backbone's resolution)")
     p.add_argument("--tokens-only", action="store_true", help="learn only the segment tokens, not cross-attention K/V")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing embedding file")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="resumable learning state (.safetensors): saved every --checkpoint-every steps and on "
+                        "Ctrl-C; the same command resumes from it; removed when learning finishes")
+    p.add_argument("--checkpoint-every", type=int, default=25, metavar="N",
+                   help="steps between learning-state saves (default 25; 0: only on interrupt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing embedding file (and a --checkpoint state of another run)")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_learn)
 
@@ -305,11 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="time each pipeline stage on a procedural video")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the backbone's resolution)")
-    p.add_argument("--no-inflate", action="store_true")
+    p = sub.add_parser("bench", help="time each pipeline stage on a procedural video; --quality: the quality suite")
+    p.add_argument("--frames", type=int, default=None, help="video frames (default: 16; 24 with --quality)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame side in pixels (default: the backbone's resolution; 512 with --flops)")
+    p.add_argument("--work-size", type=int, default=None, help="working resolution (default: the backbone's)")
+    p.add_argument("--video", default=None,
+                   help="time this video (file or folder of frames) instead of a procedural one")
+    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"],
+                   help="overlay video written (as segment does)")
+    p.add_argument("--no-inflate", action="store_true", help="time the per-frame Baseline-I instead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-vote", action="store_true", help="skip the voting benchmark (vote_ms)")
+    p.add_argument("--vote-ref-queries", type=int, default=1024, metavar="N",
+                   help="queries the Python-loop voting baseline is timed on, scaled to the full problem "
+                        "(default 1024; 0: the full loop of 65,536 queries)")
+    p.add_argument("--flops", action="store_true",
+                   help="instead: count SD 2.1 FLOPs (meta device, no weights) and estimate H100/A100 "
+                        "frames per second")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--quality", action="store_true",
+                   help="procedural quality suite: held-out videos, learn from --shots references, mIoU/J/F/flicker "
+                        "per frame and with the full method")
+    p.add_argument("--shots", default="1,3", help="with --quality: reference counts (default 1,3)")
+    p.add_argument("--categories", default=None, help="with --quality: comma-separated categories (default: all)")
+    p.add_argument("--videos", type=int, default=1, help="with --quality: videos per category (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="with --quality: learning steps (default: backbone's)")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_bench)
     return parser

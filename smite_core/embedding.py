@@ -47,6 +47,9 @@ class SegmentEmbedding:
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise :class:`EmbeddingError` unless this embedding was learned on ``backbone``."""
         source = self.meta.get("source", "embedding")
+        for name, t in [("tokens", self.tokens), *self.kv.items()]:
+            if not bool(torch.isfinite(t).all()):
+                raise EmbeddingError(f"{source}: {name} holds NaN or infinite values (learning diverged?)")
         if self.backbone_fingerprint != backbone.fingerprint:
             raise EmbeddingError(
                 f"{source} was learned on another backbone ({self.meta.get('backbone', '?')}, fingerprint "
@@ -106,8 +109,10 @@ class SegmentEmbedding:
             k = int(metadata["num_segments"])
             fingerprint = metadata["backbone_fingerprint"]
             meta = json.loads(metadata.get("meta", "{}"))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise EmbeddingError(f"{path}: damaged metadata ({_short(exc)})") from None
+        if not isinstance(meta, dict):
+            raise EmbeddingError(f"{path}: damaged metadata ('meta' is not an object)")
         if version > FORMAT_VERSION:
             raise EmbeddingError(f"{path}: format version {version} is newer than this SMITE ({FORMAT_VERSION})")
         tokens = tensors.pop("tokens", None)
@@ -121,6 +126,8 @@ class SegmentEmbedding:
                 raise EmbeddingError(f"{path}: unexpected tensor {key!r}")
             kv[key[3:]] = value
         for name, t in [("tokens", tokens), *kv.items()]:
+            if not t.is_floating_point():
+                raise EmbeddingError(f"{path}: tensor {name} is {t.dtype}, not floating point")
             if not torch.isfinite(t.float()).all():
                 raise EmbeddingError(f"{path}: tensor {name} holds NaN or infinite values")
         meta["source"] = str(path)

@@ -12,15 +12,27 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputExistsError
+from .errors import InputError, OutputExistsError
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing ``path`` unless ``overwrite``; return it as a Path."""
+def check_writable(path: str | os.PathLike, overwrite: bool, kind: str | None = None) -> Path:
+    """Refuse an existing ``path`` unless ``overwrite``; return it as a Path.
+
+    ``kind`` (``"file"`` or ``"folder"``): also refuse an existing path of the other kind, which
+    ``overwrite`` would not fix.
+    """
     path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise InputError(f"{path} is a folder; give the name of a file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file; give the name of a folder to write")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
     return path
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or " ".join(str(err).split()) or type(err).__name__
 
 
 @contextlib.contextmanager
@@ -29,9 +41,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 
     On any exception the temporary file is removed and ``path`` is untouched.
     """
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    path = check_writable(path, overwrite, "file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write here ({_reason(err)})") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -52,9 +67,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """
     import shutil
 
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = check_writable(path, overwrite, "folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise InputError(f"{path}: cannot write here ({_reason(err)})") from err
     try:
         yield tmp_path
         if path.exists():

@@ -164,6 +164,25 @@ def read_color_label_png(path: str | os.PathLike) -> np.ndarray:
     return _rgb_channels(image)
 
 
+def describe_label_png(path: str | os.PathLike) -> str:
+    """How :func:`read_label_png` reads this file, in words (for messages to the user)."""
+    image = _open_image(path)
+    mode = image.mode
+    if mode in ("P", "PA"):
+        return "palette PNG (ids = palette indices)"
+    if mode in ("L", "LA"):
+        return "greyscale (ids = grey values)"
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        return "16/32-bit greyscale (ids = values)"
+    if mode == "1":
+        return "1-bit (white = id 1)"
+    if mode in _COLOR_MODES:
+        if _is_color_coded(_rgb_channels(image)):
+            return "colour-coded RGB (each colour a segment, black = background)"
+        return "grey saved as RGB (ids = grey values)"
+    return f"unsupported mode {mode}"
+
+
 def is_color_label_png(path: str | os.PathLike) -> bool:
     """True when ``path`` is an RGB/RGBA image whose channels differ (a colour-coded label)."""
     path = Path(path)

@@ -13,6 +13,7 @@ paper's wording; the reference code's permanent freeze, D9, is not copied).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -23,8 +24,9 @@ from . import __version__
 from .augment import AugmentConfig, augment_pair
 from .backbone import Backbone
 from .embedding import MAX_SEGMENTS, SegmentEmbedding, build_context, initial_tokens
-from .errors import InputError
+from .errors import InputError, SmiteError
 from .inversion import encode_frames
+from .memory_budget import autocast
 from .references import ReferenceSet
 from .unet_pass import unet_forward
 from .was import cross_attention_logits, was_train
@@ -87,10 +89,19 @@ def _training_target(backbone: Backbone, latents, noise, t):
 
 def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnConfig | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    on_step: Callable[[int, dict], None] | None = None) -> SegmentEmbedding:
+                    on_step: Callable[[int, dict], None] | None = None, *,
+                    checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 25,
+                    replace_other_checkpoint: bool = False,
+                    say: Callable[[str], None] | None = None) -> SegmentEmbedding:
     """Learn a :class:`SegmentEmbedding` for ``references`` on ``backbone``. Deterministic per seed.
 
     ``progress(done, total)`` is called after every step; ``on_step(step, losses)`` receives floats.
+
+    ``checkpoint``: a ``.safetensors`` file for the resumable learning state (``learn_state``). If it
+    holds the state of this very run (same backbone, references and settings) learning continues from
+    it, with the same result as an uninterrupted run; the state is saved every ``checkpoint_every``
+    steps and when the run stops with an exception (Ctrl-C, ComfyUI's cancel raised in ``progress``). A
+    state of another run is refused unless ``replace_other_checkpoint``. ``say`` gets one-line notes.
     """
     config = config or LearnConfig()
     references.validate()
@@ -115,43 +126,76 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
     opt_kv = torch.optim.Adam(list(kv.values()), lr=config.lr_kv) if kv else None
 
     order: list[int] = []
-    for step in range(config.steps):
-        if not order:
-            order = torch.randperm(len(references), generator=gen).tolist()
-        index = order.pop()
-        image = references.images[index].permute(2, 0, 1)
-        image, labels = augment_pair(image, references.labels[index], (side, side), gen, config.augment,
-                                     part_index=step % k)
-        latents = encode_frames(backbone, image.permute(1, 2, 0)[None], (side, side))
-        small = F.interpolate(labels[None, None].float(), size=(latent_side, latent_side), mode="nearest")[0, 0].long()
-        t = int(torch.randint(config.timesteps[0], config.timesteps[1] + 1, (1,), generator=gen))
-        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-        t_tensor = torch.tensor([t], device=device)
-        noisy = backbone.scheduler.add_noise(latents, noise, t_tensor)
+    start, state = 0, None
+    optimizers = {"tokens": opt_tokens, "kv": opt_kv}
+    if checkpoint is not None:
+        from .learn_state import LearnState, run_key
 
-        joint = step >= phase1_steps
-        out, record = unet_forward(backbone, noisy, t, build_context(empty, tokens), k,
-                                   kv=kv if joint else None, inflate=False, pool_norm=False)
-        losses = segmentation_losses(record, small.to(device), k)
-        losses["sd"] = F.mse_loss(out.float(), _training_target(backbone, latents, noise, t_tensor).float())
-        total = config.weight_ce * losses["ce"] + config.weight_mse * losses["mse"] + config.weight_sd * losses["sd"]
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"learning diverged at step {step} (loss {total.item()}); lower the learning rates")
+        state = LearnState(checkpoint, run_key(backbone, references, config), checkpoint_every,
+                           replace_other_checkpoint, say)
+        saved = state.load(config.steps)
+        if saved is not None:
+            start, order = state.restore(saved, tokens, kv, optimizers, gen)
+            if say:
+                say(f"resuming from {state.path} after step {start} of {config.steps}")
+    # (completed steps, generator state, order) of the last consistent point: what an interrupt saves
+    consistent = (start, gen.get_state(), list(order))
+    try:
+        for step in range(start, config.steps):
+            if not order:
+                order = torch.randperm(len(references), generator=gen).tolist()
+            index = order.pop()
+            image = references.images[index].permute(2, 0, 1)
+            image, labels = augment_pair(image, references.labels[index], (side, side), gen, config.augment,
+                                         part_index=step % k)
+            latents = encode_frames(backbone, image.permute(1, 2, 0)[None], (side, side))
+            small = F.interpolate(labels[None, None].float(), size=(latent_side, latent_side),
+                                  mode="nearest")[0, 0].long()
+            t = int(torch.randint(config.timesteps[0], config.timesteps[1] + 1, (1,), generator=gen))
+            noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+            t_tensor = torch.tensor([t], device=device)
+            noisy = backbone.scheduler.add_noise(latents, noise, t_tensor)
 
-        opt_tokens.zero_grad(set_to_none=True)
-        if opt_kv:
-            opt_kv.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_([tokens], config.grad_clip_tokens)
-        if joint:
-            for group in opt_tokens.param_groups:
-                group["lr"] = config.lr_tokens_joint
-            opt_kv.step()
-        opt_tokens.step()
-        if on_step:
-            on_step(step, {name: float(v.detach()) for name, v in {**losses, "total": total}.items()})
-        if progress:
-            progress(step + 1, config.steps)
+            joint = step >= phase1_steps
+            with autocast(backbone):  # fp16/bf16 on GPUs; the UNet checkpoints its ResNets there (unet_forward)
+                out, record = unet_forward(backbone, noisy, t, build_context(empty, tokens), k,
+                                           kv=kv if joint else None, inflate=False, pool_norm=False)
+                losses = segmentation_losses(record, small.to(device), k)
+                losses["sd"] = F.mse_loss(out.float(), _training_target(backbone, latents, noise, t_tensor).float())
+            total = (config.weight_ce * losses["ce"] + config.weight_mse * losses["mse"]
+                     + config.weight_sd * losses["sd"])
+            if not torch.isfinite(total):
+                raise SmiteError(f"learning diverged at step {step} (loss {total.item()}); lower the learning rates")
+
+            opt_tokens.zero_grad(set_to_none=True)
+            if opt_kv:
+                opt_kv.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_([tokens], config.grad_clip_tokens)
+            consistent = None  # the optimisers are changing the weights: nothing to save until they are done
+            if joint:
+                for group in opt_tokens.param_groups:
+                    group["lr"] = config.lr_tokens_joint
+                opt_kv.step()
+            opt_tokens.step()
+            consistent = (step + 1, gen.get_state(), list(order))
+            if state is not None and state.due(step + 1, config.steps):
+                state.save(step + 1, tokens, kv, optimizers, consistent[1], consistent[2])
+            if on_step:
+                on_step(step, {name: float(v.detach()) for name, v in {**losses, "total": total}.items()})
+            if progress:
+                progress(step + 1, config.steps)
+    except BaseException:  # interrupted (Ctrl-C, ComfyUI's cancel) or failed: keep what is resumable
+        if state is not None and consistent is not None and 0 < consistent[0] != state.saved_step:
+            try:
+                state.save(consistent[0], tokens, kv, optimizers, consistent[1], consistent[2])
+            except Exception as err:  # never hide the original exception
+                if say:
+                    say(f"could not save the learning state to {state.path}: {err}")
+        if state is not None and state.saved_step is not None and say:
+            say(f"learning state after step {state.saved_step} of {config.steps} is in {state.path}; "
+                "run the same command again to resume")
+        raise
 
     trained_kv = {n: v.detach() for n, v in kv.items()} if kv and config.steps > phase1_steps else {}
     meta = {

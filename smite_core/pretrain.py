@@ -266,6 +266,10 @@ class PretrainConfig:
     weight_col: float = 0.5
     weight_was: float = 0.5
     aux_t_max: int = 300
+    scales: tuple[int, ...] = (192, 256)  # pictures are encoded at these sides in turn
+    final_share: float = 0.15  # share of UNet steps on final_crop crops
+    final_crop: int = 48
+    final_batch: int = 4
     caption_dropout: float = 0.1
     vae_steps: int | None = None
     unet_steps: int | None = None
@@ -371,13 +375,21 @@ def normalise_latent_scale(vae, latents_mean: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def encode_records(vae, records: list[dict], batch: int = 16) -> torch.Tensor:
-    """Scaled latent means ``[N,4,h,w]`` (fp16) of every picture."""
-    out = []
-    for s in range(0, len(records), batch):
-        x = _to_tensor(np.stack([r["image"] for r in records[s:s + batch]]))
-        out.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).half())
-    return torch.cat(out)
+def encode_records(vae, records: list[dict], scales: tuple[int, ...], batch: int = 16) -> list[torch.Tensor]:
+    """Scaled latent means (fp16 ``[4,h,w]``) of every picture, record ``i`` resized to
+    ``scales[i % len(scales)]`` first (antialiased bilinear, as ``inversion.prepare_frames``)."""
+    from .inversion import prepare_frames
+
+    out: list[torch.Tensor | None] = [None] * len(records)
+    for j, side in enumerate(scales):
+        index = list(range(j, len(records), len(scales)))
+        for s in range(0, len(index), batch):
+            chunk = index[s:s + batch]
+            x = prepare_frames(torch.from_numpy(np.stack([records[i]["image"] for i in chunk])).float() / 255, (side, side))
+            z = (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).half()
+            for i, zi in zip(chunk, z):
+                out[i] = zi
+    return out
 
 
 def _small_seg(seg: np.ndarray | None, side: int) -> torch.Tensor:
@@ -489,7 +501,7 @@ def _crop_origin(rng: np.random.Generator, seg: torch.Tensor, side: int, crop: i
     return int(rng.integers(side - crop + 1)), int(rng.integers(side - crop + 1))
 
 
-def train_denoiser(components, records: list[dict], latents: torch.Tensor, config: PretrainConfig, steps: int,
+def train_denoiser(components, records: list[dict], latents: list[torch.Tensor], config: PretrainConfig, steps: int,
                    gen: torch.Generator, rng: np.random.Generator, say: Callable[[str], None] = print,
                    crop: int | None = None, batch: int | None = None) -> None:
     """Train the text encoder and UNet (in place) on latent crops; see the module docstring."""
@@ -498,10 +510,9 @@ def train_denoiser(components, records: list[dict], latents: torch.Tensor, confi
 
     unet, text_encoder, tokenizer = components.unet, components.text_encoder, components.tokenizer
     scheduler = components.scheduler
-    side = latents.shape[-1]
-    crop = min(crop or config.unet_crop, side)
+    crop = min(crop or config.unet_crop, min(z.shape[-1] for z in latents))
     batch = batch or config.unet_batch
-    segs = torch.stack([_small_seg(r["seg"], side) for r in records])
+    segs = [_small_seg(r["seg"], z.shape[-1]) for r, z in zip(records, latents)]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     for m in (unet, text_encoder):
         m.train().requires_grad_(True)
@@ -516,9 +527,10 @@ def train_denoiser(components, records: list[dict], latents: torch.Tensor, confi
         zs, ss, ids, positions = [], [], [], []
         for i in idx:
             rec = records[int(i)]
+            side = latents[i].shape[-1]
             y, x = _crop_origin(rng, segs[i], side, crop, rec["kind"] != "generic" and rng.random() < 0.8)
-            zs.append(latents[i, :, y:y + crop, x:x + crop].float())
-            ss.append(segs[i, y:y + crop, x:x + crop])
+            zs.append(latents[i][:, y:y + crop, x:x + crop].float())
+            ss.append(segs[i][y:y + crop, x:x + crop])
             if rec["seg"] is None or rng.random() < config.caption_dropout:
                 words, where = [], {}
             else:
@@ -562,6 +574,17 @@ def train_denoiser(components, records: list[dict], latents: torch.Tensor, confi
 
 def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
     """Run the whole pre-training; returns the trained :class:`~smite_core.backbone.Components`."""
+    # Sharpening attention drives many activations and gradients into fp32 denormals, which are
+    # 5-10x slower on CPUs; they carry no information here, so they are flushed to zero.
+    flush = torch.set_flush_denormal(True)
+    try:
+        return _pretrain(config, say)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _pretrain(config: PretrainConfig, say: Callable[[str], None]):
     from .backbone import build_tiny_components
 
     torch.manual_seed(config.seed)
@@ -573,15 +596,17 @@ def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
     components = build_tiny_components(weights_path=False)
     say(f"data ready ({time.time() - t0:.0f} s)")
     train_vae(components.vae, records, config, vae_steps, gen, say)
-    latents = encode_records(components.vae, records)
-    factor = normalise_latent_scale(components.vae, latents.float() / components.vae.config.scaling_factor)
-    latents = (latents.float() * factor).half()
-    say(f"latents {tuple(latents.shape)}, rescaled by {factor:.3f} ({time.time() - t0:.0f} s)")
-    final = max(0, unet_steps // 10)
+    latents = encode_records(components.vae, records, config.scales)
+    factor = normalise_latent_scale(components.vae, torch.cat([z.flatten() for z in latents]).float()
+                                    / components.vae.config.scaling_factor)
+    latents = [(z.float() * factor).half() for z in latents]
+    say(f"latents at {sorted({z.shape[-1] for z in latents})} cells, rescaled by {factor:.3f} "
+        f"({time.time() - t0:.0f} s)")
+    final = round(unet_steps * config.final_share)
     train_denoiser(components, records, latents, config, unet_steps - final, gen, rng, say)
-    if final:  # a short phase at full resolution, the size SMITE reads the maps at
-        train_denoiser(components, records, latents, config, final, gen, rng, say, crop=latents.shape[-1],
-                       batch=max(1, config.unet_batch // 4))
+    if final:  # larger crops: as many keys as SMITE's self-attention has at the working resolution
+        train_denoiser(components, records, latents, config, final, gen, rng, say, crop=config.final_crop,
+                       batch=config.final_batch)
     components.extra["pretrain"] = {**asdict(config), "vae_steps": vae_steps, "unet_steps": unet_steps,
                                     "wall_s": round(time.time() - t0), "cpu_s": round(time.process_time() - c0)}
     return components

@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .checks import require_finite
 from .errors import InputError
-from .label_png import is_color_label_png, read_color_label_png, read_label_png
+from .label_png import describe_label_png, is_color_label_png, read_color_label_png, read_label_png
 
 MAX_SEGMENTS = 76  # background + 75 learned tokens fit in CLIP's 77-token context with BOS
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -78,13 +79,15 @@ class ReferenceSet:
 
     ``images[i]``: float32 ``[H_i,W_i,3]`` in 0..1; ``labels[i]``: int64 ``[H_i,W_i]`` with ids
     0..K-1; ``names``: K names, ``names[0] == "background"``; ``files[i]``: what to name in
-    messages (the label file, or ``"reference i"`` for tensors). Validated on construction.
+    messages (the label file, or ``"reference i"`` for tensors); ``notes``: how the label files were
+    read (for the user; see :func:`load_reference_folder`). Validated on construction.
     """
 
     images: list[torch.Tensor]
     labels: list[torch.Tensor]
     names: list[str]
     files: list[str]
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
@@ -96,6 +99,17 @@ class ReferenceSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def missing_ids(self) -> list[int]:
+        """Segment ids 1..K-1 that no label map uses (label ids that skip numbers).
+
+        They are kept (so outputs use the same ids as the inputs) and learned as empty segments:
+        the losses push them to cover nothing.
+        """
+        seen: set[int] = set()
+        for labels in self.labels:
+            seen.update(int(v) for v in torch.unique(labels))
+        return [i for i in range(1, self.num_segments) if i not in seen]
 
     def validate(self) -> None:
         """Raise InputError (naming the reference at fault) unless the set is consistent."""
@@ -123,6 +137,8 @@ def _check_pair(image: torch.Tensor, labels: torch.Tensor, name: str, k: int) ->
         raise InputError(f"{name}: reference image must be a float32 [H,W,3] tensor")
     if not (isinstance(labels, torch.Tensor) and labels.ndim == 2 and labels.dtype == torch.int64):
         raise InputError(f"{name}: label map must be an int64 [H,W] tensor")
+    if not bool(torch.isfinite(image).all()):
+        raise InputError(f"{name}: reference image holds NaN or infinite values")
     if tuple(labels.shape) != tuple(image.shape[:2]):
         raise InputError(
             f"{name}: label map is {labels.shape[1]}x{labels.shape[0]} but its image is "
@@ -222,13 +238,28 @@ def _auto_colors(paths: list[Path]) -> dict[tuple[int, int, int], int]:
     return {colour: i + 1 for i, colour in enumerate(sorted(found))}
 
 
-def _read_labels(paths: list[Path], colors: dict | None) -> list[np.ndarray]:
-    """Read every label file; colour-coded ones via ``colors`` or automatic colour ids."""
+def _read_labels(paths: list[Path], colors: dict | None) -> tuple[list[np.ndarray], list[str]]:
+    """Read every label file; colour-coded ones via ``colors`` or automatic colour ids.
+
+    Returns the id maps and notes saying how the files were read (codings and colour -> id table).
+    """
+    codings: dict[str, int] = {}
+    for p in paths:
+        coding = describe_label_png(p)
+        codings[coding] = codings.get(coding, 0) + 1
+    notes = ["label files: " + ", ".join(f"{n} {coding}" for coding, n in codings.items())]
     if colors is not None:
-        return [read_label_png(p, colors=colors) for p in paths]
-    coded = [p for p in paths if is_color_label_png(p)]
-    auto = _auto_colors(coded) if coded else None
-    return [read_label_png(p, colors=auto if p in coded else None) for p in paths]
+        maps = [read_label_png(p, colors=colors) for p in paths]
+        table, origin = colors, "segments.json 'colors'"
+    else:
+        coded = [p for p in paths if is_color_label_png(p)]
+        table = _auto_colors(coded) if coded else None
+        maps = [read_label_png(p, colors=table if p in coded else None) for p in paths]
+        origin = "sorted RGB order"
+    if table and any("colour-coded" in c for c in codings):
+        pairs = ", ".join(f"{list(colour)}={i}" for colour, i in sorted(table.items(), key=lambda kv: kv[1]))
+        notes.append(f"colour -> id ({origin}; black = background): {pairs}")
+    return maps, notes
 
 
 def load_reference_folder(path: str | os.PathLike) -> ReferenceSet:
@@ -266,15 +297,20 @@ def load_reference_folder(path: str | os.PathLike) -> ReferenceSet:
         names, colors = read_segments_json(root / "segments.json")
     stems = sorted(images, key=natural_key)
     label_paths = [labels[s] for s in stems]
-    maps = _read_labels(label_paths, colors)
+    maps, notes = _read_labels(label_paths, colors)
     tensors = [load_image(images[s]) for s in stems]
     num_ids = max(int(m.max()) for m in maps) + 1
     _check_segment_count(num_ids, maps, label_paths)
+    all_names = complete_names(names, num_ids)
+    if len(all_names) > MAX_SEGMENTS:
+        raise InputError(f"{root / 'segments.json'}: {len(all_names)} segments named, at most {MAX_SEGMENTS} "
+                         "(background included)")
     return ReferenceSet(
         images=tensors,
         labels=[torch.from_numpy(m.astype(np.int64)) for m in maps],
-        names=complete_names(names, num_ids),
+        names=all_names,
         files=[str(p) for p in label_paths],
+        notes=notes,
     )
 
 
@@ -306,12 +342,26 @@ def _as_list(batch, ndim_item: int, what: str) -> list[torch.Tensor]:
 
 
 def _as_images(images) -> list[torch.Tensor]:
+    """Images ``[N,H,W,C]`` (or a list of ``[H,W,C]``) -> float32 ``[H,W,3]`` in 0..1.
+
+    C = 3 (RGB), 1 (grey: replicated), 4 (RGBA: alpha dropped); integer images are read as 0..255.
+    NaN or infinite values are refused (naming the reference).
+    """
     items = _as_list(images, 3, "image (expected [N,H,W,3])")
     out = []
     for i, image in enumerate(items):
-        if image.shape[2] != 3:
-            raise InputError(f"reference {i}: image has {image.shape[2]} channels, expected 3")
-        out.append(image.detach().cpu().to(torch.float32).clamp(0.0, 1.0))
+        channels = image.shape[2]
+        if channels not in (1, 3, 4):
+            raise InputError(f"reference {i}: image has {channels} channels, expected 3 (RGB), 1 (grey) or 4 (RGBA)")
+        image = image.detach().cpu()
+        if image.dtype == torch.bool:
+            image = image.to(torch.float32)
+        elif not image.is_floating_point():
+            image = image.to(torch.float32) / 255.0
+        require_finite(image, f"reference {i}: image", None)
+        image = image.to(torch.float32)
+        image = image.expand(-1, -1, 3) if channels == 1 else image[..., :3]
+        out.append(image.clamp(0.0, 1.0).contiguous())
     return out
 
 
@@ -319,6 +369,8 @@ def _as_label_map(labels: torch.Tensor, i: int) -> torch.Tensor:
     """Integer (or integral float) ``[H,W]`` -> int64."""
     labels = labels.detach().cpu()
     if labels.is_floating_point():
+        if not bool(torch.isfinite(labels).all()):
+            raise InputError(f"reference {i}: label map holds NaN or infinite values")
         if not torch.equal(labels, labels.round()):
             raise InputError(f"reference {i}: label map has non-integer values")
     elif labels.dtype == torch.bool:
@@ -369,6 +421,8 @@ def reference_set_from_segment_masks(images, masks, names: list[str] | None = No
     per_mask = []
     for s, mask in enumerate(masks):
         items = _as_list(mask, 2, f"mask {s}")
+        for i, item in enumerate(items):
+            require_finite(item, f"mask {s} of reference {i}", None)
         if len(items) != len(image_list):
             raise InputError(f"mask {s}: {len(items)} masks for {len(image_list)} images")
         per_mask.append(items)

@@ -20,6 +20,7 @@ per-frame Baseline-I: no inflation, tracking, voting or guidance.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
@@ -27,9 +28,11 @@ import torch
 
 from .backbone import Backbone
 from .embedding import SegmentEmbedding, build_context
-from .errors import InputError
+from .checks import require_finite
+from .errors import InputError, SmiteError
 from .guidance import guide_latents, step_size
 from .inversion import DEFAULT_TIMESTEPS, add_noise, encode_frames, sample_timestep, working_size
+from .memory_budget import encode_batch, guide_slice
 from .tracking import Tracker, make_tracker
 from .unet_pass import unet_forward
 from .voting import vote_tracks
@@ -254,9 +257,40 @@ def temporal_pass(backbone: Backbone, embedding: SegmentEmbedding, frames: torch
     return current
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for torch's out-of-memory errors (CUDA, MPS, CPU allocator), however they are raised."""
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                  if isinstance(k, type))
+    if kinds and isinstance(err, kinds):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def smaller_config(config: SegmentConfig, span: tuple[int, int]) -> tuple[SegmentConfig, str] | None:
+    """The next setting to try after running out of memory on ``span``: half the guidance sub-slice
+    (while guided and above 1 frame), else half the window (overlap scaled with it); None at 1 frame."""
+    if config.guided and config.guide_slice > 1:
+        n = config.guide_slice // 2
+        return replace(config, guide_slice=n), f"guidance sub-slices of {n} frame(s)"
+    length = min(config.window, span[1] - span[0])
+    if length > 1:
+        window = length // 2
+        overlap = min(config.overlap * window // config.window, window - 1)
+        return replace(config, window=window, overlap=overlap), f"windows of {window} frame(s), overlap {overlap}"
+    return None
+
+
 def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, config: SegmentConfig | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   latents: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                   latents: torch.Tensor | None = None,
+                   say: Callable[[str], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(frame_index, WAS [K,h,w])`` for every frame of ``source`` in order, window by window.
 
     ``source`` is a ``video_io.FrameSource`` (anything with ``num_frames`` and ``read(start, stop)``).
@@ -265,6 +299,11 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     ``progress(done_frames, total_frames)`` is called as frames are finished. Each window after the
     first gets the previous window's result for the frames they share (``carry``). With
     ``config.refine_crop`` the maps are on a grid ``REFINE_ZOOM`` times finer than the latent.
+
+    Out of memory in a window is not fatal: the window is retried with half the guidance sub-slice,
+    then with half the window length (the rest of the video keeps the smaller setting), and
+    ``say(message)`` (default: a ``RuntimeWarning``) tells the user. Only a 1-frame window that still
+    does not fit raises :class:`SmiteError`.
     """
     config = config or SegmentConfig()
     config.validate()
@@ -277,6 +316,11 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     spans = window_spans(total, config.window, config.overlap)
     generator = torch.Generator().manual_seed(config.seed)
     context = build_context(backbone.encode_empty_prompt(), embedding.tokens.to(backbone.device))
+    if config.guided and backbone.device.type == "cuda":  # sub-slices no larger than the free memory holds
+        work_hw = working_size(backbone, (source.height, source.width), config.size)
+        latent_hw = (work_hw[0] // backbone.latent_factor, work_hw[1] // backbone.latent_factor)
+        fits = guide_slice(backbone, latent_hw, context, embedding.num_segments, config.guide_slice, embedding.kv)
+        config = replace(config, guide_slice=fits) if fits < config.guide_slice else config
     tracker = None
     if config.temporal and config.tracker != "none":
         tracker = make_tracker(config.tracker, config.tracker_checkpoint, device=backbone.device)
@@ -284,23 +328,54 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     previous: tuple[tuple[int, int], torch.Tensor] | None = None
     done = 0
     encoded: dict[int, torch.Tensor] = {}  # clean latents of the current window: each frame is encoded once
-    for i, span in enumerate(spans):
-        frames = source.read(*span)
-        if latents is not None:
-            window_latents = latents[span[0]:span[1]]
-        else:
-            first_new = max([span[0]] + [index + 1 for index in encoded])
-            if first_new < span[1]:
-                size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
-                new = encode_frames(backbone, frames[first_new - span[0]:], size)
-                encoded.update({first_new + j: z for j, z in enumerate(new)})
-            window_latents = torch.stack([encoded[index] for index in range(*span)])
+    i = 0
+    while i < len(spans):
+        span = spans[i]
+        rng_state = generator.get_state()
+        out_of_memory = None
+        try:
+            frames = source.read(*span)
+            if latents is not None:
+                window_latents = latents[span[0]:span[1]]
+                require_finite(window_latents, "latents", "frame", first=span[0])
+            else:
+                first_new = max([span[0]] + [index + 1 for index in encoded])
+                if first_new < span[1]:
+                    size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
+                    new = encode_frames(backbone, frames[first_new - span[0]:], size,
+                                        batch=encode_batch(backbone, size))
+                    encoded.update({first_new + j: z for j, z in enumerate(new)})
+                window_latents = torch.stack([encoded[index] for index in range(*span)])
+            carry = None
+            if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
+                carry = previous[1][span[0] - previous[0][0]:span[1] - previous[0][0]]
+            was = segment_window(backbone, embedding, frames, config, generator, context, window_latents,
+                                 tracker=tracker, carry=carry)
+        except Exception as err:  # only out-of-memory is handled; everything else propagates
+            if not is_out_of_memory(err):
+                raise
+            out_of_memory = " ".join(str(err).split())[:120]
+        if out_of_memory is not None:  # outside the except block: the failed window's tensors are freed
+            frames = window_latents = None
+            _free_cached_memory(backbone.device)
+            smaller = smaller_config(config, span)
+            if smaller is None:
+                raise SmiteError(f"out of memory on frame {span[0]} even with 1-frame windows ({out_of_memory}); "
+                                 "lower the working size or use another device")
+            shrunk = smaller[0].window != config.window
+            config, what = smaller
+            message = f"out of memory on frames {span[0]}-{span[1] - 1}; retrying with {what}"
+            if say is not None:
+                say(message)
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            generator.set_state(rng_state)
+            if shrunk:  # this window and the rest of the video: shorter windows
+                spans = spans[:i] + [(span[0] + a, span[0] + b) for a, b in
+                                     window_spans(total - span[0], config.window, config.overlap)]
+            continue
+        if latents is None:
             encoded = {index: z for index, z in encoded.items() if i + 1 < len(spans) and index >= spans[i + 1][0]}
-        carry = None
-        if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
-            carry = previous[1][span[0] - previous[0][0]:]
-        was = segment_window(backbone, embedding, frames, config, generator, context, window_latents,
-                             tracker=tracker, carry=carry)
         previous = (span, was)
         weights = blend_weights(span, spans[i - 1] if i else None, spans[i + 1] if i + 1 < len(spans) else None)
         for j, index in enumerate(range(*span)):
@@ -313,13 +388,14 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
             done += 1
             if progress:
                 progress(done, total)
+        i += 1
 
 
 def segment_frames(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor,
                    config: SegmentConfig | None = None, progress: Callable[[int, int], None] | None = None,
-                   latents: torch.Tensor | None = None) -> torch.Tensor:
-    """WAS ``[T,K,h,w]`` for an in-memory video ``frames [T,H,W,3]`` (0..1)."""
+                   latents: torch.Tensor | None = None, say: Callable[[str], None] | None = None) -> torch.Tensor:
+    """WAS ``[T,K,h,w]`` for an in-memory video ``frames [T,H,W,3]`` (0..1); ``say`` as in :func:`segment_stream`."""
     from .video_io import FrameSource
 
-    stream = segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress, latents)
+    stream = segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress, latents, say)
     return torch.stack([was for _, was in stream])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checks import require_finite
 from .errors import InputError
 from .fileio import atomic_path
 from .label_png import palette
@@ -88,16 +89,30 @@ class FrameSource:
 
 
 class _TensorFrames(FrameSource):
+    """Frames ``[T,H,W,C]``: C = 3, 1 (grey, replicated) or 4 (alpha dropped); integer frames are
+    uint8 0..255. A window holding NaN or infinite values is refused when it is read."""
+
     def __init__(self, frames: torch.Tensor, fps: float):
         frames = torch.as_tensor(frames)
-        if frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[0] == 0:
+        if frames.ndim != 4 or frames.shape[3] not in (1, 3, 4):
             raise InputError(f"frames: expected a [T,H,W,3] batch, got shape {tuple(frames.shape)}")
+        if min(frames.shape) == 0:
+            raise InputError(f"frames: empty batch (shape {tuple(frames.shape)}), no frames to segment")
+        if not (frames.is_floating_point() or frames.dtype in (torch.uint8, torch.bool)):
+            raise InputError(f"frames: {frames.dtype} frames; give float 0..1 or uint8 0..255")
         t, h, w, _ = frames.shape
         super().__init__(t, h, w, fps, [f"{i:05d}" for i in range(t)])
         self._frames = frames
 
     def _read(self, start: int, stop: int) -> torch.Tensor:
-        return self._frames[start:stop].to(torch.float32)
+        out = self._frames[start:stop]
+        if out.dtype == torch.bool:
+            out = out.to(torch.float32)
+        elif not out.is_floating_point():
+            out = out.to(torch.float32) / 255.0
+        require_finite(out, "frames", "frame", first=start)
+        out = out.to(torch.float32)
+        return out.expand(-1, -1, -1, 3) if out.shape[3] == 1 else out[..., :3]
 
 
 def _oriented_size(path: Path) -> tuple[int, int]:

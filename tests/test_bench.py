@@ -1,0 +1,116 @@
+"""``smite bench``: stage accounting, the voting baseline, the FLOP estimate and the CLI's JSON line."""
+
+import json
+
+import pytest
+import torch
+
+from smite_core import bench
+from smite_core.bench import STAGES, StageTimer, clip_index, reference_vote_loop, voting_problem
+from smite_core.tracking import Tracks
+from smite_core.voting import vote_tracks
+
+
+def test_reference_loop_gives_the_vectorised_vote():
+    maps, tracks = voting_problem(frames=6, classes=3, grid=5, seed=1)
+    assert not tracks.visible.all() and (tracks.positions < -0.5).any()  # occlusions and tracks leaving the grid
+    looped = reference_vote_loop(maps, tracks, window=5)
+    voted = vote_tracks(maps, tracks, window=5)
+    assert torch.allclose(voted.permute(0, 2, 3, 1).reshape(-1, 3), looped, atol=1e-6)
+    some = [0, 7, 31, 149]
+    assert torch.equal(reference_vote_loop(maps, tracks, window=5, queries=some), looped[some])
+
+
+def test_reference_loop_breaks_ties_towards_the_smallest_label():
+    # one point, 2 frames, window 3: frame 0 votes label 1, frame 1 votes label 0 -> tie -> label 0
+    maps = torch.tensor([[[[0.0]], [[2.0]]], [[[3.0]], [[1.0]]]])  # [F=2,K=2,1,1]
+    tracks = Tracks(torch.zeros(2, 2, 1, 2), torch.ones(2, 2, 1, dtype=torch.bool), torch.arange(2), (1, 1))
+    looped = reference_vote_loop(maps, tracks, window=3)
+    assert torch.equal(looped, torch.tensor([[3.0, 1.0], [3.0, 1.0]]))
+    assert torch.equal(vote_tracks(maps, tracks, window=3).reshape(2, 2), looped)
+
+
+def test_stage_timer_keeps_each_stage_own_time(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    timer = StageTimer("cpu")
+
+    def tick(seconds):
+        clock[0] += seconds
+
+    def unet(frames):
+        tick(2.0)
+
+    def guidance(frames):  # 1 s of its own around a 2 s UNet call, twice
+        tick(0.5)
+        timed_unet(frames)
+        tick(0.5)
+
+    timed_unet = timer.wrap("unet", unet)
+    timed_guidance = timer.wrap("guidance_backward", guidance, count=lambda frames: frames)
+    timed_guidance(4)
+    timed_guidance(3)
+    assert timer.seconds["unet"] == 4.0 and timer.seconds["guidance_backward"] == 2.0
+    assert timer.calls["unet"] == 2 and timer.items["guidance_backward"] == 7
+    with pytest.raises(ValueError):
+        timer.wrap("nap", unet)
+
+
+def test_instrumentation_restores_the_pipeline_and_refuses_missing_targets(monkeypatch):
+    from smite_core import export, segment
+
+    original = segment.unet_forward, export.save_label_png
+    with bench.instrumented(StageTimer()):
+        assert segment.unet_forward is not original[0] and export.save_label_png is not original[1]
+    assert (segment.unet_forward, export.save_label_png) == original
+    monkeypatch.delattr(segment, "vote_tracks")
+    with pytest.raises(RuntimeError, match="vote_tracks"):
+        with bench.instrumented(StageTimer()):
+            pass
+    assert segment.unet_forward is original[0]
+
+
+def test_clip_plays_forth_and_back():
+    assert [clip_index(i, 4) for i in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert [clip_index(i, 1) for i in range(3)] == [0, 0, 0]
+
+
+def test_bench_cli_prints_every_stage_as_the_last_json_line(capsys):
+    from smite_core.cli import main
+
+    code = main(["bench", "--frames", "20", "--size", "64", "--work-size", "64", "--overlay", "none",
+                 "--vote-ref-queries", "64", "--device", "cpu", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in [f"{s}_s" for s in STAGES] + ["total_s", "unet_s", "peak_rss_mb", "vote_ms", "vote_ref_ms"]:
+        assert isinstance(result[key], (int, float)) and result[key] >= 0, key
+    assert result["frames"] == 20 and result["windows"] == 2  # 16-frame windows, overlap 8
+    assert result["tracker_calls"] == 2  # one tracker call per window
+    assert result["vae_frames"] == 20  # every frame VAE-encoded once, overlaps included
+    assert result["unet_calls"] > 2 and result["guidance_backward_s"] > 0 and result["voting_s"] > 0
+    assert sum(result[f"{s}_s"] for s in STAGES) <= result["total_s"] + 0.01
+    assert result["vote_ref_queries"] == 64 and result["vote_max_diff"] < 1e-5
+    assert "peak_cuda_mb" not in result
+
+
+def test_bench_cli_errors_are_one_line(capsys):
+    from smite_core.cli import main
+
+    assert main(["bench", "--frames", "0", "--device", "cpu", "--no-vote"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --frames") and "Traceback" not in "\n".join(err)
+
+
+def test_flop_estimate_counts_inflated_attention_and_the_guidance_budget():
+    out = bench.sd21_estimate(size=64, num_segments=3, family="tiny")
+    single, window = out["sd21_unet_tflop_1frame"], out["sd21_unet_tflop_window"]
+    assert 0 < single and window > 16 * single * 0.99  # cross-frame attention grows faster than the frames
+    assert out["sd21_plain_tflop_per_frame"] < out["sd21_ours_tflop_per_frame"] < out["sd21_reference_tflop_per_frame"]
+    assert out["sd21_ours_fps_h100"] > out["sd21_ours_fps_a100"] > 0
+
+
+@pytest.mark.slow
+def test_sd21_unet_flops_match_the_known_size():
+    out = bench.sd21_estimate()  # the real SD 2.1 configs at 512 (meta device)
+    assert 0.7 < out["sd21_unet_tflop_1frame"] < 1.0  # about 0.8 TFLOP per 64x64 latent
+    assert out["sd21_unet_tflop_window"] > 16 * out["sd21_unet_tflop_1frame"]
