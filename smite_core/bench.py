@@ -191,11 +191,13 @@ def write_procedural_video(path: str | Path, frames: int, size: int, seed: int =
 def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", device: str = "auto",
               dtype: str = "auto", inflate: bool = True, seed: int = 0, work_size: int | None = None,
               video: str | None = None, overlay: str | None = "mp4", voting: bool = True,
-              vote_ref_queries: int | None = 1024, say: Callable[[str], None] = print) -> dict:
+              vote_ref_queries: int | None = 1024, say: Callable[[str], None] = print,
+              progress_factory: Callable[[str, int, str], Callable[[int, int], None]] | None = None) -> dict:
     """Segment a video (procedural unless ``video``) as ``smite segment`` does and time every stage.
 
     ``size``: side of the procedural frames (default: the backbone's resolution); ``work_size``:
     the working resolution (default: the backbone's). ``voting``: also run :func:`bench_voting`.
+    ``progress_factory(desc, total, unit)``: a progress callback for the frames (the CLI's bar).
     Returns a flat dict (see README "Performance" for the keys).
     """
     from .backbone import load_backbone
@@ -239,7 +241,8 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
             start = time.perf_counter()
             with instrumented(timer):
                 source.read = timer.wrap("decode", source.read)
-                maps = segment_stream(backbone, embedding, source, config, say=say)
+                progress = progress_factory("bench", total_frames, "frame") if progress_factory else None
+                maps = segment_stream(backbone, embedding, source, config, progress=progress, say=say)
                 summary = export_segmentation(Path(tmp) / "out", maps, source, names, overlay_format=overlay)
             _sync(dev)
             total_s = time.perf_counter() - start

@@ -252,7 +252,8 @@ def cmd_bench(args) -> int:
         result = run_bench(frames=16 if args.frames is None else args.frames, size=args.size, model=args.model, device=args.device,
                            dtype=args.dtype, inflate=not args.no_inflate, seed=args.seed, work_size=args.work_size,
                            video=args.video, overlay=None if args.overlay == "none" else args.overlay,
-                           voting=not args.no_vote, vote_ref_queries=args.vote_ref_queries or None, say=_say)
+                           voting=not args.no_vote, vote_ref_queries=args.vote_ref_queries or None, say=_say,
+                           progress_factory=_progress_bar)
     if args.json:
         print(result_line(result))
     else:

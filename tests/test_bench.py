@@ -81,7 +81,9 @@ def test_bench_cli_prints_every_stage_as_the_last_json_line(capsys):
     code = main(["bench", "--frames", "20", "--size", "64", "--work-size", "64", "--overlay", "none",
                  "--vote-ref-queries", "64", "--device", "cpu", "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert "bench: 100%" in captured.err and "20/20" in captured.err  # a progress bar over the frames
     for key in [f"{s}_s" for s in STAGES] + ["total_s", "unet_s", "peak_rss_mb", "vote_ms", "vote_ref_ms"]:
         assert isinstance(result[key], (int, float)) and result[key] >= 0, key
     assert result["frames"] == 20 and result["windows"] == 2  # 16-frame windows, overlap 8
