@@ -41,7 +41,7 @@ class LearnSegmentEmbedding:
                                          "tooltip": "Also fine-tune the cross-attention K/V weights after the tokens "
                                                     "(the method's second phase). Off: tokens only (smaller file)."}),
                 "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
-                                 "tooltip": "Training image side in pixels; 0 = the backbone's resolution (256 for tiny, "
+                                 "tooltip": "Training image side in pixels; 0 = the backbone's resolution (192 for tiny, "
                                             "512 for SD). Rounded down to the backbone's multiple."}),
             },
         }

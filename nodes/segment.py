@@ -69,7 +69,8 @@ class InvertVideo:
                                                 "or VideoHelperSuite)."}),
                 "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
                                  "tooltip": "Working side in pixels (frames are resized to size x size); 0 = the "
-                                            "backbone's resolution. Masks always come back at the frames' own size."}),
+                                            "backbone's (256 for tiny, 512 for SD). Masks always come back at "
+                                            "the frames' own size."}),
                 "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                         "tooltip": "Seed of the inversion noise (same seed, same masks)."}),
                 "timestep_min": ("INT", {"default": DEFAULT_TIMESTEPS[0], "min": 1, "max": 999,
@@ -186,7 +187,7 @@ class InflatedUNetSegment:
             with model.use() as backbone:
                 was = segment_frames(backbone, plain_embedding(embedding), frames, config, progress=report,
                                      latents=latents, say=lambda message: log.warning("SMITE: %s", message))
-        labels = labels_from_was(was, tuple(latent.frames.shape[1:3]))
+        labels = labels_from_was(was, tuple(latent.frames.shape[1:3]), latent.frames)  # edge-aware
         log.info("SMITE: segmented %d frames into %d segments (%.0f s%s)", total, embedding.num_segments,
                  time.perf_counter() - started, ", guided" if config.temporal else "")
         return (Segments(scores=was.to(torch.float16), labels=labels, names=list(embedding.names),

@@ -161,11 +161,14 @@ class Segments:
 
     def probabilities(self, index: int | None, start: int, stop: int) -> torch.Tensor:
         """Soft mask float32 ``[n,H,W]`` of frames ``start..stop-1``: the softmax probability of segment
-        ``index`` (``None``: of any non-background segment), upsampled bilinearly to the frame size."""
+        ``index`` (``None``: of any non-background segment), upsampled to the frame size along the
+        frame's edges, as the labels are (``smite_core.edges``)."""
+        from smite_core.was import upsample_was
+
         size = tuple(self.labels.shape[1:])
         out = []
-        for frame in self.scores[start:stop]:
-            up = torch.nn.functional.interpolate(frame[None].float(), size=size, mode="bilinear", align_corners=False)
+        for i in range(start, stop):
+            up = upsample_was(self.scores[i:i + 1].float(), size, self.frames[i:i + 1].float())
             prob = torch.softmax(up[0], dim=0)
             out.append(1.0 - prob[0] if index is None else prob[index])
         return torch.stack(out)

@@ -36,10 +36,11 @@ class Components:
     family: str  # "sd1", "sd2" or "tiny"
     prediction_type: str  # "epsilon" or "v_prediction"
     empty_prompt_ids: torch.Tensor
-    resolution: int  # working image side in pixels (512 for SD, smaller for tiny)
+    resolution: int  # working image side in pixels (512 for SD, smaller for tiny): learning
     source: str  # what was loaded: "tiny", a folder or a file path
     tokenizer: object | None = None
     extra: dict = field(default_factory=dict)
+    segment_resolution: int | None = None  # working side for segmentation; None = ``resolution``
 
 
 def read_family_config(family: str) -> dict:
@@ -73,6 +74,12 @@ class Backbone:
     scheduler = property(lambda self: self.components.scheduler)
     family = property(lambda self: self.components.family)
     resolution = property(lambda self: self.components.resolution)
+
+    @property
+    def segment_resolution(self) -> int:
+        """Default working side for segmentation (the tiny backbone segments at 256, above its 192
+        training size: its maps are finer there); the learning ``resolution`` for SD."""
+        return self.components.segment_resolution or self.components.resolution
 
     @property
     def latent_factor(self) -> int:
@@ -186,6 +193,7 @@ def build_tiny_components(weights_path: str | Path | None | bool = None) -> Comp
         empty_prompt_ids=torch.tensor([cfg["smite"]["empty_prompt_ids"]], dtype=torch.long),
         resolution=int(cfg["smite"]["resolution"]), source="tiny", tokenizer=WordTokenizer.from_json(),
         extra={"trained": trained, "learn": cfg["smite"].get("learn", {})},
+        segment_resolution=cfg["smite"].get("segment_resolution"),
     )
 
 

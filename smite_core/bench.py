@@ -195,8 +195,8 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
               progress_factory: Callable[[str, int, str], Callable[[int, int], None]] | None = None) -> dict:
     """Segment a video (procedural unless ``video``) as ``smite segment`` does and time every stage.
 
-    ``size``: side of the procedural frames (default: the backbone's resolution); ``work_size``:
-    the working resolution (default: the backbone's). ``voting``: also run :func:`bench_voting`.
+    ``size``: side of the procedural frames (default: the backbone's segmentation size);
+    ``work_size``: the working resolution (default: the same). ``voting``: also run :func:`bench_voting`.
     ``progress_factory(desc, total, unit)``: a progress callback for the frames (the CLI's bar).
     Returns a flat dict (see README "Performance" for the keys).
     """
@@ -213,7 +213,7 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
     backbone = load_backbone(model, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     dev = backbone.device
-    side = size or backbone.resolution
+    side = size or backbone.segment_resolution
     if side < 32:
         raise InputError(f"--size: frames must be at least 32 pixels (got {side})")
     config = SegmentConfig(inflate=inflate, seed=seed, size=work_size)
@@ -247,7 +247,7 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
             _sync(dev)
             total_s = time.perf_counter() - start
     staged = sum(timer.seconds.values())
-    result = {"frames": summary["frames"], "size": side, "work_size": work_size or backbone.resolution,
+    result = {"frames": summary["frames"], "size": side, "work_size": work_size or backbone.segment_resolution,
               "device": str(dev), "dtype": str(backbone.dtype).replace("torch.", ""), "model": model,
               "inflate": inflate, "windows": len(window_spans(total_frames, config.window, config.overlap)),
               "load_s": round(load_s, 3), "setup_s": round(setup_s, 3)}

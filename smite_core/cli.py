@@ -130,7 +130,7 @@ def cmd_segment(args) -> int:
                               say=lambda message: _say(f"note: {message}"))
         overlay = None if args.overlay == "none" else args.overlay
         summary = export_segmentation(args.out, maps, source, embedding.names, overlay_format=overlay,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, edge_aware=not args.no_edge_aware)
     _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
          + (f" and {summary['overlay']}" if summary["overlay"] else ""))
     return 0
@@ -271,7 +271,8 @@ def _bench_quality(args) -> int:
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     backbone = _load_backbone(args)
     result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos, frames=args.frames or 24,
-                         learn_overrides={"steps": args.steps} if args.steps else None, say=_say)
+                         learn_overrides={"steps": args.steps} if args.steps else None, say=_say,
+                         edge_aware=not args.no_edge_aware)
     print(format_table(result))
     print(f"({result.seconds:.0f} s)")
     if args.json:
@@ -331,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=8, help="frames shared by consecutive windows")
     p.add_argument("--no-inflate", action="store_true",
                    help="per-frame segmentation (the paper's Baseline-I: no inflation, tracking, voting or guidance)")
-    p.add_argument("--size", type=int, default=None, help="working resolution (default: the backbone's)")
+    p.add_argument("--size", type=int, default=None,
+                   help="working resolution (default: the backbone's segmentation size: 256 for tiny, 512 for SD)")
     p.add_argument("--seed", type=int, default=0)
     _add_tracker_args(p)
     p.add_argument("--track-weight", type=float, default=None,
@@ -345,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vote-output", action="store_true", help="do not vote the final maps along the tracks")
     p.add_argument("--refine-crop", action="store_true",
                    help="crop-and-zoom refinement: re-segment each window on a crop around the foreground")
+    p.add_argument("--no-edge-aware", action="store_true",
+                   help="upsample the maps bilinearly (the paper's way) instead of along the frame's edges")
     p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_backbone_args(p)
@@ -371,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time each pipeline stage on a procedural video; --quality: the quality suite")
     p.add_argument("--frames", type=int, default=None, help="video frames (default: 16; 24 with --quality)")
     p.add_argument("--size", type=int, default=None,
-                   help="frame side in pixels (default: the backbone's resolution; 512 with --flops)")
-    p.add_argument("--work-size", type=int, default=None, help="working resolution (default: the backbone's)")
+                   help="frame side in pixels (default: the backbone's segmentation size; 512 with --flops)")
+    p.add_argument("--work-size", type=int, default=None,
+                   help="working resolution (default: the backbone's segmentation size: 256 for tiny, 512 for SD)")
     p.add_argument("--video", default=None,
                    help="time this video (file or folder of frames) instead of a procedural one")
     p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"],
@@ -394,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", default=None, help="with --quality: comma-separated categories (default: all)")
     p.add_argument("--videos", type=int, default=1, help="with --quality: videos per category (default 1)")
     p.add_argument("--steps", type=int, default=None, help="with --quality: learning steps (default: backbone's)")
+    p.add_argument("--no-edge-aware", action="store_true",
+                   help="with --quality: bilinear upsampling of the maps instead of edge-aware")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_bench)
     return parser

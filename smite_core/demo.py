@@ -23,6 +23,9 @@ from .label_png import palette, read_label_png
 
 DEMO_CATEGORY = "car"
 DEMO_SIZE = (256, 256)
+# The demo segments at the tiny backbone's training size: the full method at its default 256 px
+# (finer maps, better masks) takes about 3.6 minutes with the learning on 2 cores, over the budget of 3.
+DEMO_WORK_SIZE = 192
 
 
 def _colour(labels: np.ndarray) -> np.ndarray:
@@ -78,9 +81,9 @@ def run_demo(out: str | os.PathLike = "smite-demo", steps: int | None = None, fr
         embedding.save(tmp / "embedding.safetensors")
         embedding = SegmentEmbedding.load(tmp / "embedding.safetensors")
 
-        say("[4/5] segmenting the video ...")
+        say(f"[4/5] segmenting the video (full method, working size {DEMO_WORK_SIZE} px) ...")
         with open_frames(example / "video") as source:
-            maps = segment_stream(backbone, embedding, source, SegmentConfig(seed=seed),
+            maps = segment_stream(backbone, embedding, source, SegmentConfig(seed=seed, size=DEMO_WORK_SIZE),
                                   progress=bar("segmenting", source.num_frames, "frame"))
             export_segmentation(tmp / "segmentation", maps, source, embedding.names, overlay_format="mp4")
 

@@ -22,8 +22,10 @@ from .was import labels_from_was
 
 
 def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, torch.Tensor]], source, names: list[str],
-                        overlay_format: str | None = "mp4", overwrite: bool = False) -> dict:
+                        overlay_format: str | None = "mp4", overwrite: bool = False, edge_aware: bool = True) -> dict:
     """Consume ``(frame_index, WAS [K,h,w])`` pairs in order and write labels, overlay and names.
+
+    ``edge_aware``: upsample the maps along the frame's edges (``edges``), else bilinearly.
 
     ``source`` supplies the frames (``read``, ``height``, ``width``, ``fps``) for sizes and the overlay.
     Returns ``{"frames": n, "labels": dir, "overlay": path | None, "label_counts": [K]}``.
@@ -38,11 +40,12 @@ def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, to
         overlay_name = f"overlay.{overlay_format}" if overlay_format else None
         writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
         for index, was in maps:
-            labels = labels_from_was(was[None], size)[0]
+            frame = source.read(index, index + 1) if edge_aware or writer else None
+            labels = labels_from_was(was[None], size, frame if edge_aware else None)[0]
             counts += torch.bincount(labels.flatten().long(), minlength=len(names))[: len(names)]
             save_label_png(tmp / "labels" / f"{index:05d}.png", labels.numpy())
             if writer:
-                writer.write(overlay(source.read(index, index + 1), labels[None]))
+                writer.write(overlay(frame, labels[None]))
             written += 1
     return {"frames": written, "labels": str(out_dir / "labels"),
             "overlay": str(out_dir / overlay_name) if overlay_name else None, "label_counts": counts.tolist()}

@@ -16,10 +16,10 @@ DEFAULT_TIMESTEPS = (95, 104)  # inclusive range of the inference timestep
 
 
 def working_size(backbone: Backbone, frame_hw: tuple[int, int], size: int | tuple[int, int] | None = None) -> tuple[int, int]:
-    """The ``(H, W)`` frames are resized to: ``size`` or the backbone's square resolution,
-    floored to the backbone's size multiple (at least one multiple)."""
+    """The ``(H, W)`` frames are resized to: ``size`` or the backbone's square segmentation
+    resolution, floored to the backbone's size multiple (at least one multiple)."""
     if size is None:
-        size = backbone.resolution
+        size = backbone.segment_resolution
     h, w = (size, size) if isinstance(size, int) else size
     m = backbone.size_multiple
     return max(m, h // m * m), max(m, w // m * m)

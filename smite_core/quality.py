@@ -59,8 +59,9 @@ def score(video, labels: np.ndarray) -> dict:
 
 
 def run_case(backbone, case: SuiteCase, methods=METHODS, learn_overrides: dict | None = None, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> dict:
-    """Learn on the case's references and segment its video with each method: ``{method: metrics}``."""
+             progress: Callable[[int, int], None] | None = None, edge_aware: bool = True) -> dict:
+    """Learn on the case's references and segment its video with each method: ``{method: metrics}``
+    (masks upsampled along the frames' edges unless ``edge_aware`` is False)."""
     from .learn import LearnConfig, learn_embedding
     from .segment import SegmentConfig, segment_frames
     from .was import labels_from_was
@@ -75,7 +76,7 @@ def run_case(backbone, case: SuiteCase, methods=METHODS, learn_overrides: dict |
         seg = SegmentConfig(inflate=False, seed=seed) if method == "per-frame" else SegmentConfig(seed=seed)
         started = time.perf_counter()
         was = segment_frames(backbone, embedding, frames, seg)
-        labels = labels_from_was(was, size).numpy()
+        labels = labels_from_was(was, size, frames if edge_aware else None).numpy()
         out[method] = score(case.video, labels)
         out[method]["segment_s"] = time.perf_counter() - started
     return out
@@ -95,8 +96,9 @@ class QualityResult:
 
 
 def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames: int = 24, methods=METHODS,
-                learn_overrides: dict | None = None, say: Callable[[str], None] = print) -> QualityResult:
-    """Run the suite; ``say`` gets one line per case."""
+                learn_overrides: dict | None = None, say: Callable[[str], None] = print,
+                edge_aware: bool = True) -> QualityResult:
+    """Run the suite; ``say`` gets one line per case; ``edge_aware`` as in :func:`run_case`."""
     from .procedural import CATEGORIES
 
     categories = list(categories or CATEGORIES)
@@ -112,7 +114,7 @@ def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames
         for c in categories:
             acc: dict[str, list] = {m: [] for m in methods}
             for i in range(videos):
-                out = run_case(backbone, make_case(c, s, i, frames), methods, learn_overrides)
+                out = run_case(backbone, make_case(c, s, i, frames), methods, learn_overrides, edge_aware=edge_aware)
                 for m in methods:
                     acc[m].append(out[m])
                 say(f"{s}-shot {c:>7s} video {i}: " + "  ".join(

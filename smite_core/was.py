@@ -11,7 +11,8 @@ From one UNet forward's :class:`~smite_core.attention.AttentionRecord`:
 - ``was_train`` (learning, L_MSE): ``W = softmax_K(CA)``, no rescaling.
 - ``was_inference`` (video, validation, energies): background logits thresholded at their mean,
   ``W = CA~`` (raw logits), then each class map linearly remapped into its logit range.
-- ``labels_from_was``: bilinear upsampling to the frame size, then argmax over K.
+- ``labels_from_was``: upsampling to the frame size (edge-aware when the frames are given,
+  ``edges``; bilinear otherwise), then argmax over K.
 """
 
 from __future__ import annotations
@@ -86,10 +87,23 @@ def was_inference(record: AttentionRecord) -> torch.Tensor:
     return (unit * (high - low) + low).reshape(frames, k, h, w)
 
 
-def labels_from_was(was: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Labels ``uint8 [F,H,W]`` at frame ``size`` from WAS ``[F,K,h,w]`` (bilinear, then argmax)."""
+def upsample_was(was: torch.Tensor, size: tuple[int, int], frames: torch.Tensor | None = None) -> torch.Tensor:
+    """WAS ``[n,K,h,w]`` -> ``[n,K,H,W]`` at frame ``size``: guided by ``frames [n,H,W,3]`` (0..1,
+    ``edges.edge_aware_upsample``) when given, else bilinear."""
+    if frames is not None:
+        from .edges import edge_aware_upsample
+
+        if tuple(frames.shape[1:3]) != tuple(size):
+            raise ValueError(f"upsample_was: frames are {tuple(frames.shape[1:3])}, not {tuple(size)}")
+        return edge_aware_upsample(was, frames)
+    return F.interpolate(was.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def labels_from_was(was: torch.Tensor, size: tuple[int, int], frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Labels ``uint8 [F,H,W]`` at frame ``size`` from WAS ``[F,K,h,w]``: upsampled (edge-aware along
+    ``frames [F,H,W,3]`` when given, else bilinear), then argmax over K."""
     out = []
-    for frame in was:  # one frame at a time: [K,H,W] at full size is the largest tensor held
-        up = F.interpolate(frame[None].float(), size=size, mode="bilinear", align_corners=False)
-        out.append(up[0].argmax(0).to(torch.uint8))
+    for i, frame in enumerate(was):  # one frame at a time: [K,H,W] at full size is the largest tensor held
+        guide = None if frames is None else frames[i:i + 1]
+        out.append(upsample_was(frame[None], size, guide)[0].argmax(0).to(torch.uint8))
     return torch.stack(out)

@@ -60,7 +60,8 @@ def test_learn_segment_eval(workspace, capsys):
     assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(emb), "--out", str(out)]) == 2
     assert main(["eval", "--pred", str(out), "--gt", str(workspace / "gt"), "--json", str(metrics_file)]) == 2
     assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(emb), "--out", str(out),
-                 "--size", "64", "--no-inflate", "--overlay", "none", "--overwrite", "--device", "cpu"]) == 0
+                 "--size", "64", "--no-inflate", "--overlay", "none", "--overwrite", "--device", "cpu",
+                 "--no-edge-aware"]) == 0
     assert not (out / "overlay.mp4").exists() and len(list((out / "labels").glob("*.png"))) == 5
 
 

@@ -282,6 +282,9 @@ def test_mask_to_video_outputs(nodes, segments):
     assert torch.equal(node.convert(segments, "all")[0].bool(), segments.labels > 0)
     soft = node.convert(segments, "WHEEL", soft=True)[0]
     assert soft.shape == (t, h, w) and 0 <= float(soft.min()) and float(soft.max()) <= 1
+    # soft masks are upsampled as the labels are (along the frames' edges): their argmax is the labels
+    probs = torch.stack([segments.probabilities(k, 0, t) for k in range(segments.num_segments)], 1)
+    assert (probs.argmax(1) == segments.labels).float().mean() > 0.999
     for bad in ("tyre", "9"):
         with pytest.raises(InputError, match="segment"):
             node.convert(segments, bad)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not build_tiny_components().extra["trained"],
                                 reason="the trained tiny weights are not shipped in this checkout")
 
 # Measured with the shipped weights; the floors keep a margin for platform differences.
-FAST_FLOOR = 0.40  # measured 0.455 (car 0.501, bird 0.409)
+FAST_FLOOR = 0.49  # measured 0.540 (car 0.602, bird 0.478); 0.488 with bilinear upsampling
 SUITE_FLOOR_1SHOT = 0.55  # measured 0.583 (README table)
 SUITE_FLOOR_3SHOT = 0.54  # measured 0.574
 

