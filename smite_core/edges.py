@@ -7,8 +7,8 @@ TPAMI 2013; colour guide): inside each window the output is a linear function of
 so a map's edges snap to the colour edges nearby while flat regions keep the map's values.
 
 The filter runs on a grid ``WORK_CELL`` times finer than the maps (or the frame's own size, if
-smaller), and its linear coefficients are upsampled to the frame ("fast guided filter"), so the
-cost does not grow with the frame size. This is not part of the paper's method; it is on by
+smaller), and its linear coefficients are upsampled to the frame ("fast guided filter"): only that
+last per-pixel combination grows with the frame size. This is not part of the paper's method; it is on by
 default for masks (``edge_aware``) and can be turned off, giving the paper's bilinear upsampling.
 """
 
