@@ -8,8 +8,8 @@ so a map's edges snap to the colour edges nearby while flat regions keep the map
 
 The filter runs on a grid ``WORK_CELL`` times finer than the maps (or the frame's own size, if
 smaller), and its linear coefficients are upsampled to the frame ("fast guided filter"): only that
-last per-pixel combination grows with the frame size. This is not part of the paper's method; it is on by
-default for masks (``edge_aware``) and can be turned off, giving the paper's bilinear upsampling.
+last per-pixel combination grows with the frame size. This is not part of the paper's method; it is
+on by default for masks (``edge_aware``) and can be turned off, giving the paper's bilinear upsampling.
 """
 
 from __future__ import annotations

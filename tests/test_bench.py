@@ -116,3 +116,20 @@ def test_sd21_unet_flops_match_the_known_size():
     out = bench.sd21_estimate()  # the real SD 2.1 configs at 512 (meta device)
     assert 0.7 < out["sd21_unet_tflop_1frame"] < 1.0  # about 0.8 TFLOP per 64x64 latent
     assert out["sd21_unet_tflop_window"] > 16 * out["sd21_unet_tflop_1frame"]
+
+
+def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
+    """`smite bench --quality --no-edge-aware` reaches the suite (bilinear masks), the default does not."""
+    from smite_core import cli, quality
+
+    seen = []
+
+    def fake_run_quality(backbone, **kwargs):
+        seen.append(kwargs["edge_aware"])
+        return quality.QualityResult()
+
+    monkeypatch.setattr(quality, "run_quality", fake_run_quality)
+    monkeypatch.setattr(cli, "_load_backbone", lambda args: None)
+    assert cli.main(["bench", "--quality", "--shots", "1"]) == 0
+    assert cli.main(["bench", "--quality", "--shots", "1", "--no-edge-aware"]) == 0
+    assert seen == [True, False]

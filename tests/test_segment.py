@@ -134,3 +134,19 @@ def test_each_frame_is_vae_encoded_once(tiny_backbone, embedding, monkeypatch):
     config = SegmentConfig(size=64, window=4, overlap=2, tracker="none", track_weight=0.0, lowpass_weight=0.0)
     was = segment_frames(tiny_backbone, embedding, frames, config)
     assert was.shape[0] == 11 and sum(encoded) == 11
+
+
+def test_tiny_backbone_learns_at_192_and_segments_at_256(tiny_backbone):
+    """The tiny backbone's maps are finer at 256 px (README "Quality"); SD keeps one resolution."""
+    from dataclasses import replace
+
+    from smite_core.inversion import working_size
+    from smite_core.learn import LearnConfig
+
+    assert tiny_backbone.resolution == 192 and tiny_backbone.segment_resolution == 256
+    assert working_size(tiny_backbone, (300, 400)) == (256, 256)
+    assert working_size(tiny_backbone, (300, 400), 200) == (192, 192)  # an explicit size wins (floored)
+    assert LearnConfig.for_backbone(tiny_backbone).size is None  # learning: the backbone's resolution
+    # a checkpoint without a segmentation size (every SD file) segments at its learning resolution
+    single = replace(tiny_backbone, components=replace(tiny_backbone.components, segment_resolution=None))
+    assert single.segment_resolution == 192 and working_size(single, (300, 400)) == (192, 192)
