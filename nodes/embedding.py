@@ -31,9 +31,10 @@ class LearnSegmentEmbedding:
             "required": {
                 "model": (MODEL, {"tooltip": "The backbone from SMITE Model Loader."}),
                 "references": (REFERENCES, {"tooltip": "Annotated references from SMITE Load References."}),
-                "steps": ("INT", {"default": 200, "min": 1, "max": 20000, "step": 1,
-                                  "tooltip": "Optimisation steps (one augmented reference per step). The paper uses "
-                                             "about 300 epochs over the references; 100-300 steps is a good start."}),
+                "steps": ("INT", {"default": 200, "min": 0, "max": 20000, "step": 1,
+                                  "tooltip": "Optimisation steps (one augmented reference per step); 0 = 300 per "
+                                             "reference (the paper's 300 epochs, the CLI's default). 200 is a quick "
+                                             "start for one reference; give more references more steps."}),
                 "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                         "tooltip": "Seed of the augmentations and noise: the same seed gives the same "
                                                    "embedding."}),
@@ -54,8 +55,9 @@ class LearnSegmentEmbedding:
     DESCRIPTION = "Learns a segment embedding from the annotated references (progress per step; cancel any time)."
 
     def learn(self, model, references, steps=200, random_seed=0, train_kv=True, size=0):
-        config = LearnConfig.for_backbone(model.backbone, steps=int(steps), seed=int(random_seed),
+        config = LearnConfig.for_backbone(model.backbone, steps=int(steps) or None, seed=int(random_seed),
                                           train_kv=bool(train_kv), size=int(size) or None)
+        config = config.resolved(len(references.images))
         report = host.progress(config.steps)
         started = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():  # ComfyUI runs nodes in inference mode

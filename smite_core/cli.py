@@ -92,8 +92,8 @@ def cmd_learn(args) -> int:
         _say(f"note: label id(s) {', '.join(map(str, missing))} appear in no reference; kept as empty segments "
              f"({', '.join(references.names[i] for i in missing)})")
     backbone = _load_backbone(args)
-    config = LearnConfig.for_backbone(backbone, steps=args.steps, seed=args.seed, size=args.size,
-                                      train_kv=False if args.tokens_only else None)
+    config = LearnConfig.for_backbone(backbone, steps=args.steps, epochs=args.epochs, seed=args.seed, size=args.size,
+                                      train_kv=False if args.tokens_only else None).resolved(len(references))
     try:
         embedding = learn_embedding(backbone, references, config,
                                     progress=_progress_bar("learning", config.steps, "step"),
@@ -311,7 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("learn", help="learn a segment embedding from annotated reference images")
     p.add_argument("--refs", required=True, help="folder with images/ and labels/ (+ optional segments.json)")
     p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: backbone recommendation, 300)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None,
+                        help="optimisation steps, one augmented reference each (default: --epochs x the number of "
+                             "references)")
+    length.add_argument("--epochs", type=int, default=None,
+                        help="passes over the references (default 300, the paper's): 300 steps per reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None, help="training image side (default: the backbone's resolution)")
     p.add_argument("--tokens-only", action="store_true", help="learn only the segment tokens, not cross-attention K/V")
@@ -399,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", default="1,3", help="with --quality: reference counts (default 1,3)")
     p.add_argument("--categories", default=None, help="with --quality: comma-separated categories (default: all)")
     p.add_argument("--videos", type=int, default=1, help="with --quality: videos per category (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="with --quality: learning steps (default: backbone's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="with --quality: learning steps (default: 300 per reference, the learning default)")
     p.add_argument("--no-edge-aware", action="store_true",
                    help="with --quality: bilinear upsampling of the maps instead of edge-aware")
     _add_backbone_args(p)

@@ -36,7 +36,8 @@ from .was import cross_attention_logits, was_train
 class LearnConfig:
     """Learning hyper-parameters; defaults follow the reference recipe (method.md 3.3-3.5)."""
 
-    steps: int = 300
+    steps: int | None = None  # optimisation steps (one augmented reference each); None: epochs x references
+    epochs: int = 300  # passes over the references when ``steps`` is None (the paper's 300 epochs)
     token_phase: float = 0.17  # share of the steps that train the tokens alone
     lr_tokens: float = 0.1
     lr_tokens_joint: float = 0.01  # token learning rate while K/V are fine-tuned
@@ -57,6 +58,14 @@ class LearnConfig:
         recommended = dict(backbone.components.extra.get("learn", {}))
         recommended.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **recommended)
+
+    def resolved(self, num_references: int) -> "LearnConfig":
+        """This config with ``steps`` fixed: ``epochs x num_references`` when ``steps`` is None."""
+        if self.steps is not None:
+            return self
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise InputError(f"epochs: must be an integer >= 1 (got {self.epochs})")
+        return replace(self, steps=self.epochs * max(1, num_references))
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -95,6 +104,8 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
                     say: Callable[[str], None] | None = None) -> SegmentEmbedding:
     """Learn a :class:`SegmentEmbedding` for ``references`` on ``backbone``. Deterministic per seed.
 
+    ``config.steps`` None: ``config.epochs`` passes over the references (300 x their number by default).
+
     ``progress(done, total)`` is called after every step; ``on_step(step, losses)`` receives floats.
 
     ``checkpoint``: a ``.safetensors`` file for the resumable learning state (``learn_state``). If it
@@ -103,8 +114,8 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
     steps and when the run stops with an exception (Ctrl-C, ComfyUI's cancel raised in ``progress``). A
     state of another run is refused unless ``replace_other_checkpoint``. ``say`` gets one-line notes.
     """
-    config = config or LearnConfig()
     references.validate()
+    config = (config or LearnConfig()).resolved(len(references))
     k = references.num_segments
     if not 2 <= k <= MAX_SEGMENTS + 1:
         raise InputError(f"references: {k} segments; between 2 and {MAX_SEGMENTS + 1} (background included) are supported")

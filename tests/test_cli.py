@@ -53,6 +53,16 @@ def test_learn_segment_eval(workspace, capsys):
     assert metrics["frames"] == 5 and 0 <= metrics["mIoU"] <= 1 and "flicker" in metrics
     assert "mIoU" in capsys.readouterr().out
 
+    # without --steps: --epochs passes over the references (one reference here)
+    from smite_core.embedding import SegmentEmbedding
+
+    by_epochs = workspace / "epochs.safetensors"
+    assert main(["learn", "--refs", str(workspace / "refs"), "--out", str(by_epochs), "--epochs", "2", "--size", "64",
+                 "--tokens-only", "--device", "cpu"]) == 0
+    assert SegmentEmbedding.load(by_epochs).meta["steps"] == 2
+    assert main(["learn", "--refs", str(workspace / "refs"), "--out", str(workspace / "e0.safetensors"),
+                 "--epochs", "0"]) == 2
+
     # nothing is overwritten without --overwrite, and the refusal comes before any work
     before = emb.read_bytes()
     assert main(["learn", "--refs", str(workspace / "refs"), "--out", str(emb), "--steps", "1"]) == 2

@@ -56,6 +56,17 @@ def test_losses_decrease_on_a_single_reference(tiny_backbone, refs):
     assert sum(seen[-5:]) / 5 < sum(seen[:5]) / 5
 
 
+def test_default_steps_are_epochs_over_the_references(tiny_backbone, refs):
+    assert LearnConfig().steps is None and LearnConfig().resolved(3).steps == 900  # the paper's 300 epochs
+    assert LearnConfig(steps=7, epochs=2).resolved(3).steps == 7  # explicit steps win
+    two = reference_set_from_label_maps(torch.stack([refs.images[0], refs.images[0].flip(1)]),
+                                        torch.stack([refs.labels[0], refs.labels[0].flip(1)]), refs.names)
+    emb = learn_embedding(tiny_backbone, two, LearnConfig(epochs=2, train_kv=False, size=64))
+    assert emb.meta["steps"] == 4 and emb.meta["references"] == 2
+
+
 def test_bad_settings(tiny_backbone, refs):
+    with pytest.raises(InputError, match="epochs"):
+        learn_embedding(tiny_backbone, refs, LearnConfig(epochs=0))
     with pytest.raises(InputError, match="steps"):
         learn_embedding(tiny_backbone, refs, LearnConfig(steps=0))

@@ -416,6 +416,21 @@ def test_model_folders_respect_user_paths_and_list_models(pack, fake_comfy, tmp_
     assert host.save_directory() == str(tmp_path / "user_smite")
 
 
+def test_learn_steps_zero_means_300_per_reference(nodes, model, references, embedding, monkeypatch):
+    learn = nodes["SMITE_LearnSegmentEmbedding"]
+    steps = []
+
+    def fake_learn(backbone, refs, config, progress=None):  # records the resolved step count, learns nothing
+        steps.append(config.steps)
+        return embedding
+
+    monkeypatch.setattr(sys.modules[type(learn).__module__], "learn_embedding", fake_learn)
+    with torch.inference_mode():
+        learn.learn(model, references, steps=0, size=SIZE)
+        learn.learn(model, references, steps=5, size=SIZE)
+    assert steps == [300 * len(references.images), 5]
+
+
 def test_progress_interrupt_and_memory_release_inside_comfyui(nodes, model, references, fake_comfy):
     learn = nodes["SMITE_LearnSegmentEmbedding"]
     with torch.inference_mode():

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not build_tiny_components().extra["trained"],
 # Measured with the shipped weights; the floors keep a margin for platform differences.
 FAST_FLOOR = 0.49  # measured 0.540 (car 0.602, bird 0.478); 0.488 with bilinear upsampling
 SUITE_FLOOR_1SHOT = 0.69  # measured 0.716 (README table)
-SUITE_FLOOR_3SHOT = 0.66  # measured 0.686
+SUITE_FLOOR_3SHOT = 0.67  # measured 0.693 (300 learning steps per reference)
 
 
 def test_suite_cases_are_deterministic_and_disjoint_from_pretraining():
