@@ -23,7 +23,7 @@ from .label_png import palette, read_label_png
 
 DEMO_CATEGORY = "car"
 DEMO_SIZE = (256, 256)
-# The demo fits in 3 minutes on 2 CPU cores: it learns 200 steps (the default is 300) and segments at
+# The demo fits in 3 minutes on 2 CPU cores: it learns 200 steps (the default: 300 per reference) and segments at
 # the tiny backbone's training size (the default 256 px gives finer masks but takes ~2.5x as long).
 DEMO_WORK_SIZE = 192
 DEMO_STEPS = 200
