@@ -102,3 +102,56 @@ def test_pretrain_is_deterministic_and_writes_a_loadable_file(tmp_path):
     assert backbone_fingerprint(loaded) != backbone_fingerprint(fresh)
     assert path.stat().st_size < 20 * 2**20
     assert PT.main(["--out", str(tmp_path / "x.bin")]) == 2  # only .safetensors is written
+
+
+def test_part_coloured_distractors_are_background_in_part_colours():
+    images, labels, _ = P.make_references("flower", PT.SEED_BASE, 1, (128, 128))
+    image, lab = images[0], labels[0]
+    a_img, a_lab = PT.part_coloured_distractors(image, lab, 7)
+    b_img, b_lab = PT.part_coloured_distractors(image, lab, 7)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)  # deterministic per seed
+    assert not np.array_equal(a_img, PT.part_coloured_distractors(image, lab, 8)[0])
+    assert set(np.unique(a_lab[a_lab != lab]).tolist()) <= {0}  # covered pixels become background only
+    changed = np.abs(a_img - image).sum(-1) > 0.05
+    assert changed.sum() > 30 and not changed[lab > 0].all()
+    new = changed & (a_lab == 0)
+    part_colours = np.stack([np.median(image[lab == v], 0) for v in np.unique(lab) if v > 0])
+    distractor_colour = np.median(a_img[new], 0)
+    nearest = np.abs(part_colours - distractor_colour).sum(1).min()
+    background_colour = np.median(image[lab == 0], 0)
+    assert nearest < np.abs(background_colour - distractor_colour).sum()  # looks like a part, not the background
+    plain = PT.category_samples("flower", PT.SEED_BASE, 2, 0, 0, 64)  # the default: no distractors
+    every = PT.category_samples("flower", PT.SEED_BASE, 2, 0, 0, 64, distractor_share=1.0)
+    assert all(not np.array_equal(p["image"], e["image"]) for p, e in zip(plain, every))
+
+
+def test_denoiser_crops_larger_than_the_small_scale_use_only_the_pictures_they_fit():
+    messages = []
+    config = PT.PretrainConfig(seed=0, minutes=0.2, size=64, vae_steps=1, unet_steps=7, unet_batch=1, final_batch=1,
+                               vae_batch=1, vae_crop=32, threads=1, scales=(96, 128), unet_crop=16, final_crop=32)
+    PT.pretrain(config, say=messages.append)
+    assert any("latents at [24, 32] cells" in m for m in messages)  # the tiny VAE downsamples 4x
+    stages = [m for m in messages if m.startswith("unet 1/")]
+    assert "(16x16)" in stages[0] and "(32x32)" in stages[1]  # whole 128 px latents; the 96 px ones are skipped
+
+
+def test_shipped_weights_come_from_the_documented_command_and_current_defaults():
+    """The weights README's command, with today's defaults, is the recipe recorded in the shipped file."""
+    import dataclasses
+    import re
+
+    from safetensors import safe_open
+
+    weights = resources.files("smite_core") / "weights"
+    with safe_open(str(weights / "tiny.safetensors"), "pt") as f:
+        recorded = json.loads(f.metadata()["pretrain"])
+    recorded.setdefault("distractor_share", 0.0)  # the shipped weights predate the option (same as 0)
+    command = re.search(r"python -m smite_core\.pretrain (.+)", (weights / "README.md").read_text()).group(1)
+    minutes = float(re.search(r"--minutes (\S+)", command).group(1))
+    seed = int(re.search(r"--seed (\S+)", command).group(1))
+    config = dataclasses.asdict(PT.PretrainConfig(seed=seed, minutes=minutes))
+    config["scales"] = list(config["scales"])
+    steps = ("vae_steps", "unet_steps")  # recorded as the schedule resolved them
+    assert {k: recorded[k] for k in config if k not in steps} == {k: v for k, v in config.items() if k not in steps}
+    vae_steps, unet_steps, _ = PT.PretrainConfig(seed=seed, minutes=minutes).schedule()
+    assert (recorded["vae_steps"], recorded["unet_steps"]) == (vae_steps, unet_steps)
