@@ -125,6 +125,23 @@ def _shape_part(rng, r: float, unit: float):
     return part, word
 
 
+def _composite(image: np.ndarray, labels: np.ndarray, part, M: np.ndarray, label: int) -> bool:
+    """Render ``part``, place it with the 3x3 matrix ``M`` and alpha-blend it into ``image`` (float
+    ``[H,W,3]``, in place); pixels it covers (alpha > 0.5) get ``label``. False when it misses the picture."""
+    patch, L = P._render_part(part, 1.0)
+    res = P._warp_into(patch, M @ L, *labels.shape)
+    if res is None:
+        return False
+    y0, x0, out = res
+    h, w = out.shape[:2]
+    a = out[..., 3]
+    roi = image[y0:y0 + h, x0:x0 + w]
+    roi *= 1 - a[..., None]
+    roi += out[..., :3]
+    labels[y0:y0 + h, x0:x0 + w][a > 0.5] = label
+    return True
+
+
 def generic_scene(seed: int, size: int = 256) -> dict:
     """A generic annotated picture: textured shapes (alone or in touching groups) on a cluttered background.
 
@@ -139,18 +156,8 @@ def generic_scene(seed: int, size: int = 256) -> dict:
     regions = []
 
     def stamp(part, word, M):
-        patch, L = P._render_part(part, 1.0)
-        res = P._warp_into(patch, M @ L, size, size)
-        if res is None:
-            return
-        y0, x0, out = res
-        h, w = out.shape[:2]
-        a = out[..., 3]
-        roi = img[y0:y0 + h, x0:x0 + w]
-        roi *= 1 - a[..., None]
-        roi += out[..., :3]
-        seg[y0:y0 + h, x0:x0 + w][a > 0.5] = len(regions) + 1
-        regions.append({"texture": TEXTURE_WORDS[part.tex.kind], "shape": word})
+        if _composite(img, seg, part, M, len(regions) + 1):
+            regions.append({"texture": TEXTURE_WORDS[part.tex.kind], "shape": word})
 
     for _ in range(int(rng.integers(1, 4))):  # groups of touching shapes: generic "parts"
         cx, cy, ang = u(rng, .15, .85) * size, u(rng, .15, .85) * size, u(rng, 0, 360)
@@ -200,17 +207,7 @@ def part_coloured_distractors(image: np.ndarray, labels: np.ndarray, seed: int, 
         part.tex.c1 = np.clip(part_colour * rng.uniform(0.9, 1.1, 3), 0, 1).astype(np.float32)
         part.tex.c2 = np.clip(part.tex.c1 * rng.uniform(0.7, 1.2, 3), 0, 1).astype(np.float32)
         y, x = background[int(rng.integers(len(background)))]
-        patch, L = P._render_part(part, 1.0)
-        res = P._warp_into(patch, P._T(float(x), float(y)) @ P._R(P._u(rng, 0, 360)) @ L, H, W)
-        if res is None:
-            continue
-        y0, x0, out = res
-        h, w = out.shape[:2]
-        a = out[..., 3]
-        roi = image[y0:y0 + h, x0:x0 + w]
-        roi *= 1 - a[..., None]
-        roi += out[..., :3]
-        labels[y0:y0 + h, x0:x0 + w][a > 0.5] = 0
+        _composite(image, labels, part, P._T(float(x), float(y)) @ P._R(P._u(rng, 0, 360)), 0)
     return image, labels
 
 

@@ -125,6 +125,16 @@ def test_part_coloured_distractors_are_background_in_part_colours():
     assert all(not np.array_equal(p["image"], e["image"]) for p, e in zip(plain, every))
 
 
+def test_distractor_share_reaches_the_category_pictures_only():
+    small = dict(seed=0, minutes=0.2, size=48, stills_per_category=1, videos_per_category=0, generic_scenes=1,
+                 generic_images=0, threads=1)
+    plain = PT.build_dataset(PT.PretrainConfig(**small), say=lambda _: None)
+    every = PT.build_dataset(PT.PretrainConfig(**small, distractor_share=1.0), say=lambda _: None)
+    for p, e in zip(plain, every):
+        same = np.array_equal(p["image"], e["image"])
+        assert same == (p["kind"] == "generic"), p["kind"]
+
+
 def test_denoiser_crops_larger_than_the_small_scale_use_only_the_pictures_they_fit():
     messages = []
     config = PT.PretrainConfig(seed=0, minutes=0.2, size=64, vae_steps=1, unet_steps=7, unet_batch=1, final_batch=1,
