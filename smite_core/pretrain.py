@@ -324,7 +324,7 @@ class PretrainConfig:
     def schedule(self) -> tuple[int, int, float]:
         """``(vae_steps, unet_steps, data_scale)`` for the nominal ``minutes`` (data about 10 %, VAE 12 %,
         UNet the rest). 40 nominal minutes took 41 minutes of wall time on 2 idle CPU cores (59 when the
-        cores were shared); 54 took 58, about the most that fits the 60-minute limit."""
+        cores were shared); 54 took 58 minutes, about the most that fits the 60-minute limit."""
         scale = min(1.0, self.minutes / 50.0)
         vae = self.vae_steps if self.vae_steps is not None else int(self.minutes * 24)
         unet = self.unet_steps if self.unet_steps is not None else int(self.minutes * 75)
