@@ -26,7 +26,7 @@ from .backbone import Backbone
 from .embedding import MAX_SEGMENTS, SegmentEmbedding, build_context, initial_tokens
 from .errors import InputError, SmiteError
 from .inversion import encode_frames
-from .memory_budget import autocast
+from .memory_budget import autocast, flushed_denormals
 from .references import ReferenceSet
 from .unet_pass import unet_forward
 from .was import cross_attention_logits, was_train
@@ -152,50 +152,51 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
     # (completed steps, generator state, order) of the last consistent point: what an interrupt saves
     consistent = (start, gen.get_state(), list(order))
     try:
-        for step in range(start, config.steps):
-            if not order:
-                order = torch.randperm(len(references), generator=gen).tolist()
-            index = order.pop()
-            image = references.images[index].permute(2, 0, 1)
-            image, labels = augment_pair(image, references.labels[index], (side, side), gen, config.augment,
-                                         part_index=step % k)
-            latents = encode_frames(backbone, image.permute(1, 2, 0)[None], (side, side))
-            small = F.interpolate(labels[None, None].float(), size=(latent_side, latent_side),
-                                  mode="nearest")[0, 0].long()
-            t = int(torch.randint(config.timesteps[0], config.timesteps[1] + 1, (1,), generator=gen))
-            noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-            t_tensor = torch.tensor([t], device=device)
-            noisy = backbone.scheduler.add_noise(latents, noise, t_tensor)
+        with flushed_denormals(backbone):  # CPU speed; no-op on GPUs
+            for step in range(start, config.steps):
+                if not order:
+                    order = torch.randperm(len(references), generator=gen).tolist()
+                index = order.pop()
+                image = references.images[index].permute(2, 0, 1)
+                image, labels = augment_pair(image, references.labels[index], (side, side), gen, config.augment,
+                                             part_index=step % k)
+                latents = encode_frames(backbone, image.permute(1, 2, 0)[None], (side, side))
+                small = F.interpolate(labels[None, None].float(), size=(latent_side, latent_side),
+                                      mode="nearest")[0, 0].long()
+                t = int(torch.randint(config.timesteps[0], config.timesteps[1] + 1, (1,), generator=gen))
+                noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
+                t_tensor = torch.tensor([t], device=device)
+                noisy = backbone.scheduler.add_noise(latents, noise, t_tensor)
 
-            joint = step >= phase1_steps
-            with autocast(backbone):  # fp16/bf16 on GPUs; the UNet checkpoints its ResNets there (unet_forward)
-                out, record = unet_forward(backbone, noisy, t, build_context(empty, tokens), k,
-                                           kv=kv if joint else None, inflate=False, pool_norm=False)
-                losses = segmentation_losses(record, small.to(device), k)
-                losses["sd"] = F.mse_loss(out.float(), _training_target(backbone, latents, noise, t_tensor).float())
-            total = (config.weight_ce * losses["ce"] + config.weight_mse * losses["mse"]
-                     + config.weight_sd * losses["sd"])
-            if not torch.isfinite(total):
-                raise SmiteError(f"learning diverged at step {step} (loss {total.item()}); lower the learning rates")
+                joint = step >= phase1_steps
+                with autocast(backbone):  # fp16/bf16 on GPUs; the UNet checkpoints its ResNets there (unet_forward)
+                    out, record = unet_forward(backbone, noisy, t, build_context(empty, tokens), k,
+                                               kv=kv if joint else None, inflate=False, pool_norm=False)
+                    losses = segmentation_losses(record, small.to(device), k)
+                    losses["sd"] = F.mse_loss(out.float(), _training_target(backbone, latents, noise, t_tensor).float())
+                total = (config.weight_ce * losses["ce"] + config.weight_mse * losses["mse"]
+                         + config.weight_sd * losses["sd"])
+                if not torch.isfinite(total):
+                    raise SmiteError(f"learning diverged at step {step} (loss {total.item()}); lower the learning rates")
 
-            opt_tokens.zero_grad(set_to_none=True)
-            if opt_kv:
-                opt_kv.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_([tokens], config.grad_clip_tokens)
-            consistent = None  # the optimisers are changing the weights: nothing to save until they are done
-            if joint:
-                for group in opt_tokens.param_groups:
-                    group["lr"] = config.lr_tokens_joint
-                opt_kv.step()
-            opt_tokens.step()
-            consistent = (step + 1, gen.get_state(), list(order))
-            if state is not None and state.due(step + 1, config.steps):
-                state.save(step + 1, tokens, kv, optimizers, consistent[1], consistent[2])
-            if on_step:
-                on_step(step, {name: float(v.detach()) for name, v in {**losses, "total": total}.items()})
-            if progress:
-                progress(step + 1, config.steps)
+                opt_tokens.zero_grad(set_to_none=True)
+                if opt_kv:
+                    opt_kv.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_([tokens], config.grad_clip_tokens)
+                consistent = None  # the optimisers are changing the weights: nothing to save until they are done
+                if joint:
+                    for group in opt_tokens.param_groups:
+                        group["lr"] = config.lr_tokens_joint
+                    opt_kv.step()
+                opt_tokens.step()
+                consistent = (step + 1, gen.get_state(), list(order))
+                if state is not None and state.due(step + 1, config.steps):
+                    state.save(step + 1, tokens, kv, optimizers, consistent[1], consistent[2])
+                if on_step:
+                    on_step(step, {name: float(v.detach()) for name, v in {**losses, "total": total}.items()})
+                if progress:
+                    progress(step + 1, config.steps)
     except BaseException:  # interrupted (Ctrl-C, ComfyUI's cancel) or failed: keep what is resumable
         if state is not None and consistent is not None and 0 < consistent[0] != state.saved_step:
             try:

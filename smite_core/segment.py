@@ -32,7 +32,7 @@ from .checks import require_finite
 from .errors import InputError, SmiteError
 from .guidance import guide_latents, step_size
 from .inversion import DEFAULT_TIMESTEPS, add_noise, encode_frames, sample_timestep, working_size
-from .memory_budget import encode_batch, guide_slice
+from .memory_budget import encode_batch, flushed_denormals, guide_slice
 from .tracking import Tracker, make_tracker
 from .unet_pass import unet_forward
 from .voting import vote_tracks
@@ -334,23 +334,24 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
         rng_state = generator.get_state()
         out_of_memory = None
         try:
-            frames = source.read(*span)
-            if latents is not None:
-                window_latents = latents[span[0]:span[1]]
-                require_finite(window_latents, "latents", "frame", first=span[0])
-            else:
-                first_new = max([span[0]] + [index + 1 for index in encoded])
-                if first_new < span[1]:
-                    size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
-                    new = encode_frames(backbone, frames[first_new - span[0]:], size,
-                                        batch=encode_batch(backbone, size))
-                    encoded.update({first_new + j: z for j, z in enumerate(new)})
-                window_latents = torch.stack([encoded[index] for index in range(*span)])
-            carry = None
-            if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
-                carry = previous[1][span[0] - previous[0][0]:span[1] - previous[0][0]]
-            was = segment_window(backbone, embedding, frames, config, generator, context, window_latents,
-                                 tracker=tracker, carry=carry)
+            with flushed_denormals(backbone):  # CPU speed; no-op on GPUs
+                frames = source.read(*span)
+                if latents is not None:
+                    window_latents = latents[span[0]:span[1]]
+                    require_finite(window_latents, "latents", "frame", first=span[0])
+                else:
+                    first_new = max([span[0]] + [index + 1 for index in encoded])
+                    if first_new < span[1]:
+                        size = working_size(backbone, tuple(frames.shape[1:3]), config.size)
+                        new = encode_frames(backbone, frames[first_new - span[0]:], size,
+                                            batch=encode_batch(backbone, size))
+                        encoded.update({first_new + j: z for j, z in enumerate(new)})
+                    window_latents = torch.stack([encoded[index] for index in range(*span)])
+                carry = None
+                if previous is not None and previous[0][1] > span[0]:  # the overlap carries the last window's result
+                    carry = previous[1][span[0] - previous[0][0]:span[1] - previous[0][0]]
+                was = segment_window(backbone, embedding, frames, config, generator, context, window_latents,
+                                     tracker=tracker, carry=carry)
         except Exception as err:  # only out-of-memory is handled; everything else propagates
             if not is_out_of_memory(err):
                 raise

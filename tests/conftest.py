@@ -2,6 +2,8 @@
 
 import os
 
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as smite_core sets it; before torch computes anything
+
 import pytest
 import torch
 

@@ -33,6 +33,26 @@ def test_available_ram_reads_meminfo(tmp_path):
     assert available_ram(str(tmp_path / "missing")) is None
 
 
+def test_denormals_are_flushed_only_inside_the_block_on_cpu():
+    from types import SimpleNamespace
+
+    from smite_core.memory_budget import flushed_denormals
+
+    tiny = torch.tensor([1e-39])  # an fp32 denormal
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    assert float(tiny * 1.0) != 0.0
+    with flushed_denormals(cpu):
+        if float(tiny * 1.0) != 0.0:
+            pytest.skip("this CPU cannot flush denormals")
+    assert float(tiny * 1.0) != 0.0  # off again afterwards
+    with pytest.raises(ValueError):  # off again when the block raises
+        with flushed_denormals(cpu):
+            raise ValueError
+    assert float(tiny * 1.0) != 0.0
+    with flushed_denormals(SimpleNamespace(device=torch.device("meta"))):  # not a CPU: untouched
+        assert float(tiny * 1.0) != 0.0
+
+
 def test_cpu_keeps_the_configured_batch_and_slice(tiny_backbone):
     assert memory_budget.encode_batch(tiny_backbone, (512, 512), cap=8) == 8
     context = torch.zeros(1, 77, tiny_backbone.context_dim)
