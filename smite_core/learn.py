@@ -152,7 +152,7 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
     # (completed steps, generator state, order) of the last consistent point: what an interrupt saves
     consistent = (start, gen.get_state(), list(order))
     try:
-        with flushed_denormals(backbone):  # CPU speed; no-op on GPUs
+        with flushed_denormals(backbone.device):  # CPU speed; no-op on GPUs
             for step in range(start, config.steps):
                 if not order:
                     order = torch.randperm(len(references), generator=gen).tolist()

@@ -134,14 +134,14 @@ def autocast(backbone):
 
 
 @contextlib.contextmanager
-def flushed_denormals(backbone) -> Iterator[None]:
-    """On a CPU backbone, flush fp32 denormals to zero inside the block (off again afterwards).
+def flushed_denormals(device: torch.device) -> Iterator[None]:
+    """On a CPU ``device``, flush fp32 denormals to zero inside the block (off again afterwards).
 
     Sharpened attention drives many activations and gradients into the denormal range, which CPUs
     process several times slower (learning on the tiny backbone: 1.5x faster with 2 threads, 3x with
     one; the flag is set in the calling thread); they carry no information here. A no-op elsewhere.
     """
-    if backbone.device.type != "cpu" or not torch.set_flush_denormal(True):
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
         yield
         return
     try:

@@ -623,14 +623,10 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
 
 def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
     """Run the whole pre-training; returns the trained :class:`~smite_core.backbone.Components`."""
-    # Sharpening attention drives many activations and gradients into fp32 denormals, which are
-    # 5-10x slower on CPUs; they carry no information here, so they are flushed to zero.
-    flush = torch.set_flush_denormal(True)
-    try:
+    from .memory_budget import flushed_denormals
+
+    with flushed_denormals(torch.device("cpu")):  # pre-training runs on the CPU
         return _pretrain(config, say)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
 
 
 def _pretrain(config: PretrainConfig, say: Callable[[str], None]):

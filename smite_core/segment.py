@@ -334,7 +334,7 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
         rng_state = generator.get_state()
         out_of_memory = None
         try:
-            with flushed_denormals(backbone):  # CPU speed; no-op on GPUs
+            with flushed_denormals(backbone.device):  # CPU speed; no-op on GPUs
                 frames = source.read(*span)
                 if latents is not None:
                     window_latents = latents[span[0]:span[1]]

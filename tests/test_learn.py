@@ -1,5 +1,9 @@
 """Learning stage: what is trained, determinism, the two phases, bad settings."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import blob_reference
@@ -70,3 +74,15 @@ def test_bad_settings(tiny_backbone, refs):
         learn_embedding(tiny_backbone, refs, LearnConfig(epochs=0))
     with pytest.raises(InputError, match="steps"):
         learn_embedding(tiny_backbone, refs, LearnConfig(steps=0))
+
+
+def test_importing_smite_core_makes_mkl_reproducible_unless_the_user_chose():
+    """MKL_CBWR: without it MKL's results depend on memory alignment on some CPUs (runs differ in the last bits)."""
+    def mkl_cbwr_after_import(env: dict) -> str:
+        code = "import os, smite_core; print(os.environ['MKL_CBWR'])"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    assert mkl_cbwr_after_import(env) == "AUTO,STRICT"
+    assert mkl_cbwr_after_import({**env, "MKL_CBWR": "COMPATIBLE"}) == "COMPATIBLE"

@@ -34,12 +34,10 @@ def test_available_ram_reads_meminfo(tmp_path):
 
 
 def test_denormals_are_flushed_only_inside_the_block_on_cpu():
-    from types import SimpleNamespace
-
     from smite_core.memory_budget import flushed_denormals
 
     tiny = torch.tensor([1e-39])  # an fp32 denormal
-    cpu = SimpleNamespace(device=torch.device("cpu"))
+    cpu = torch.device("cpu")
     assert float(tiny * 1.0) != 0.0
     with flushed_denormals(cpu):
         if float(tiny * 1.0) != 0.0:
@@ -49,8 +47,38 @@ def test_denormals_are_flushed_only_inside_the_block_on_cpu():
         with flushed_denormals(cpu):
             raise ValueError
     assert float(tiny * 1.0) != 0.0
-    with flushed_denormals(SimpleNamespace(device=torch.device("meta"))):  # not a CPU: untouched
+    with flushed_denormals(torch.device("meta")):  # not a CPU: untouched
         assert float(tiny * 1.0) != 0.0
+
+
+def _flushing() -> bool:
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+def test_learning_and_segmentation_run_with_denormals_flushed_on_cpu(tiny_backbone, monkeypatch):
+    from conftest import blob_reference
+
+    from smite_core import segment as S
+    from smite_core.learn import LearnConfig, learn_embedding
+    from smite_core.references import reference_set_from_label_maps
+
+    from smite_core.memory_budget import flushed_denormals
+
+    with flushed_denormals(torch.device("cpu")):
+        if not _flushing():
+            pytest.skip("this CPU cannot flush denormals")
+    image, labels = blob_reference(32)
+    refs = reference_set_from_label_maps(image[None], labels[None], ["background", "disk", "corner"])
+    during_learning = []
+    embedding = learn_embedding(tiny_backbone, refs, LearnConfig(steps=2, size=32),
+                                on_step=lambda step, losses: during_learning.append(_flushing()))
+    assert during_learning == [True, True] and not _flushing()
+    during_windows = []
+    real = S.segment_window
+    monkeypatch.setattr(S, "segment_window", lambda *a, **k: during_windows.append(_flushing()) or real(*a, **k))
+    S.segment_frames(tiny_backbone, embedding, image[None].repeat(2, 1, 1, 1), S.SegmentConfig(inflate=False, size=32))
+    assert during_windows and all(during_windows)
+    assert not _flushing()
 
 
 def test_cpu_keeps_the_configured_batch_and_slice(tiny_backbone):
