@@ -97,8 +97,15 @@ class QualityResult:
 
 def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames: int = 24, methods=METHODS,
                 learn_overrides: dict | None = None, say: Callable[[str], None] = print,
-                edge_aware: bool = True) -> QualityResult:
-    """Run the suite; ``say`` gets one line per case; ``edge_aware`` as in :func:`run_case`."""
+                edge_aware: bool = True, workers: int = 1) -> QualityResult:
+    """Run the suite; ``say`` gets one line per case; ``edge_aware`` as in :func:`run_case`.
+
+    ``workers > 1`` (CPU backbones only) runs the cases in that many processes, each with
+    ``torch.get_num_threads() // workers`` threads (at least 1): on a small CPU, one-thread processes
+    side by side finish the suite about twice as fast as one process using every core. The result
+    does not depend on the order in which cases finish. The workers are spawned processes: a script
+    that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+    """
     from .procedural import CATEGORIES
 
     categories = list(categories or CATEGORIES)
@@ -108,22 +115,66 @@ def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames
     for s in shots:
         if not 1 <= int(s) <= 10:
             raise InputError(f"--shots: {s} is not between 1 and 10")
-    result = QualityResult()
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers: must be an integer >= 1 (got {workers})")
+    if workers > 1 and backbone.device.type != "cpu":
+        raise InputError(f"--workers: parallel cases are for CPU backbones (this one is on {backbone.device})")
+    cases = [(int(s), c, i) for s in shots for c in categories for i in range(videos)]
     started = time.perf_counter()
-    for s in shots:
-        for c in categories:
-            acc: dict[str, list] = {m: [] for m in methods}
-            for i in range(videos):
-                out = run_case(backbone, make_case(c, s, i, frames), methods, learn_overrides, edge_aware=edge_aware)
-                for m in methods:
-                    acc[m].append(out[m])
-                say(f"{s}-shot {c:>7s} video {i}: " + "  ".join(
-                    f"{m} mIoU {out[m]['mIoU']:.3f}" for m in methods) + f"  (learn {out['learn_s']:.0f} s)")
-            for m in methods:
-                result.rows[(s, m, c)] = {k: float(np.mean([a[k] for a in acc[m] if a[k] is not None] or [np.nan]))
-                                          for k in ("mIoU", "J", "F", "flicker")}
+    outputs: dict[tuple, dict] = {}
+
+    def report(case, out):
+        outputs[case] = out
+        s, c, i = case
+        say(f"{s}-shot {c:>7s} video {i}: " + "  ".join(f"{m} mIoU {out[m]['mIoU']:.3f}" for m in methods)
+            + f"  (learn {out['learn_s']:.0f} s)")
+
+    task = {"frames": frames, "methods": tuple(methods), "learn_overrides": learn_overrides, "edge_aware": edge_aware}
+    if workers == 1 or len(cases) == 1:
+        for case in cases:
+            report(case, _run_suite_case(backbone, case, task))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // workers)
+        longest_first = sorted(cases, key=lambda case: -case[0])  # more shots, longer learning
+        with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(backbone, threads)) as pool:
+            futures = {pool.submit(_run_in_worker, case, task): case for case in longest_first}
+            for future in as_completed(futures):
+                report(futures[future], future.result())
+
+    result = QualityResult()
+    for s, c in dict.fromkeys((s, c) for s, c, _ in cases):
+        runs = [outputs[(s, c, i)] for i in range(videos)]
+        for m in methods:
+            result.rows[(s, m, c)] = {k: float(np.mean([r[m][k] for r in runs if r[m][k] is not None] or [np.nan]))
+                                      for k in ("mIoU", "J", "F", "flicker")}
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _run_suite_case(backbone, case: tuple, task: dict) -> dict:
+    """One suite case ``(shots, category, video index)`` -> :func:`run_case`'s output."""
+    shots, category, index = case
+    return run_case(backbone, make_case(category, shots, index, task["frames"]), task["methods"],
+                    task["learn_overrides"], edge_aware=task["edge_aware"])
+
+
+# The backbone of a worker process of run_quality's pool, set once by its initializer (pickled once per
+# worker, not once per case); the main process never sets it.
+_WORKER_BACKBONE = None
+
+
+def _init_worker(backbone, threads: int) -> None:
+    global _WORKER_BACKBONE
+    torch.set_num_threads(threads)
+    _WORKER_BACKBONE = backbone
+
+
+def _run_in_worker(case: tuple, task: dict) -> dict:
+    return _run_suite_case(_WORKER_BACKBONE, case, task)
 
 
 def format_table(result: QualityResult, heldout=None) -> str:

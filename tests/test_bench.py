@@ -133,3 +133,34 @@ def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
     assert cli.main(["bench", "--quality", "--shots", "1"]) == 0
     assert cli.main(["bench", "--quality", "--shots", "1", "--no-edge-aware"]) == 0
     assert seen == [True, False]
+
+
+def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, monkeypatch):
+    """`--workers 2`: the same rows as one process (cases finish in any order), for every case."""
+    from smite_core import quality
+
+    kwargs = dict(shots=(1, 2), categories=["car", "bird"], frames=2, methods=("per-frame",),
+                  learn_overrides={"steps": 2}, say=lambda m: None)
+    serial = quality.run_quality(tiny_backbone, **kwargs)
+
+    def not_here(*args):
+        raise AssertionError("with workers=2 the cases run in the worker processes, not in this one")
+
+    monkeypatch.setattr(quality, "_run_suite_case", not_here)  # spawned workers import their own copy
+    lines = []
+    parallel = quality.run_quality(tiny_backbone, **{**kwargs, "say": lines.append}, workers=2)
+    assert sorted(serial.rows) == sorted(parallel.rows) and len(serial.rows) == 4
+    for key, row in serial.rows.items():
+        for metric, value in row.items():
+            assert abs(parallel.rows[key][metric] - value) < 1e-3, (key, metric)
+    assert len(lines) == 4 and all("per-frame mIoU" in line for line in lines)
+
+
+def test_quality_workers_are_checked(tiny_backbone, capsys):
+    from smite_core import cli, quality
+    from smite_core.errors import InputError
+
+    with pytest.raises(InputError, match="--workers"):
+        quality.run_quality(tiny_backbone, shots=(1,), categories=["car"], workers=0)
+    assert cli.main(["bench", "--quality", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --workers")
