@@ -269,8 +269,8 @@ def _bench_quality(args) -> int:
     except ValueError:
         raise SmiteError(f"--shots: {args.shots!r} is not a comma-separated list of integers") from None
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
-    if args.workers < 1:
-        raise SmiteError(f"--workers: must be at least 1 (got {args.workers})")
+    if args.workers < 1:  # checked before a possibly large backbone is loaded (run_quality checks it too)
+        raise SmiteError(f"--workers: must be an integer >= 1 (got {args.workers})")
     backbone = _load_backbone(args)
     result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos, frames=args.frames or 24,
                          learn_overrides={"steps": args.steps} if args.steps else None, say=_say,

@@ -60,9 +60,8 @@ def test_learning_and_segmentation_run_with_denormals_flushed_on_cpu(tiny_backbo
 
     from smite_core import segment as S
     from smite_core.learn import LearnConfig, learn_embedding
-    from smite_core.references import reference_set_from_label_maps
-
     from smite_core.memory_budget import flushed_denormals
+    from smite_core.references import reference_set_from_label_maps
 
     with flushed_denormals(torch.device("cpu")):
         if not _flushing():
