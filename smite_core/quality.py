@@ -142,8 +142,12 @@ def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames
         with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(backbone, threads)) as pool:
             futures = {pool.submit(_run_in_worker, case, task): case for case in longest_first}
-            for future in as_completed(futures):
-                report(futures[future], future.result())
+            try:
+                for future in as_completed(futures):
+                    report(futures[future], future.result())
+            except BaseException:  # a failed case (or Ctrl-C): the cases not yet started are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     result = QualityResult()
     for s, c in dict.fromkeys((s, c) for s, c, _ in cases):

@@ -156,6 +156,16 @@ def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, mo
     assert len(lines) == 4 and all("per-frame mIoU" in line for line in lines)
 
 
+def test_quality_suite_in_worker_processes_reports_a_failed_case(tiny_backbone):
+    """An error in a worker reaches the caller as itself (here: learning refuses 0 steps)."""
+    from smite_core import quality
+    from smite_core.errors import InputError
+
+    with pytest.raises(InputError, match="steps"):
+        quality.run_quality(tiny_backbone, shots=(1,), categories=["car", "bird", "fish"], frames=2,
+                            methods=("per-frame",), learn_overrides={"steps": 0}, say=lambda m: None, workers=2)
+
+
 def test_quality_workers_are_checked(tiny_backbone, capsys):
     from smite_core import cli, quality
     from smite_core.errors import InputError
