@@ -1,6 +1,10 @@
 """``smite bench``: stage accounting, the voting baseline, the FLOP estimate and the CLI's JSON line."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,6 +168,47 @@ def test_quality_suite_in_worker_processes_reports_a_failed_case(tiny_backbone):
     with pytest.raises(InputError, match="steps"):
         quality.run_quality(tiny_backbone, shots=(1,), categories=["car", "bird", "fish"], frames=2,
                             methods=("per-frame",), learn_overrides={"steps": 0}, say=lambda m: None, workers=2)
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from smite_core import quality
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                           initializer=quality._init_worker, initargs=(None, 1))
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 300)
+time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_quality_worker_ends_when_the_bench_process_is_killed():
+    """`kill -9` of `smite bench` must not leave a worker computing its case for minutes."""
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL,  # the killed parent's resource tracker warns of leaks
+                              cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), f"the pool did not start (printed {line!r}); run the script by hand"
+        worker = int(line)
+        assert _running(worker)
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker), "the worker outlived its parent"
+    finally:
+        parent.kill()
 
 
 def test_quality_workers_are_checked(tiny_backbone, capsys):
