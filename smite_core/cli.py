@@ -275,10 +275,12 @@ def _bench_quality(args) -> int:
     result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos, frames=args.frames or 24,
                          learn_overrides={"steps": args.steps} if args.steps else None, say=_say,
                          edge_aware=not args.no_edge_aware, workers=args.workers)
-    print(format_table(result))
-    print(f"({result.seconds:.0f} s)")
-    if args.json:
+    table = f"{format_table(result)}\n({result.seconds:.0f} s)"
+    if args.json:  # stdout holds only the JSON, as in the other bench modes; the table goes to stderr
+        print(table, file=sys.stderr)
         print(json.dumps(result_json(result)))
+    else:
+        print(table)
     return 0
 
 

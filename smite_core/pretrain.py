@@ -292,7 +292,7 @@ class PretrainConfig:
     """Pre-training settings. Step counts scale with ``minutes`` (see :meth:`schedule`)."""
 
     seed: int = 0
-    minutes: float = 40.0  # the shipped weights: about 41 min wall on 2 idle cores
+    minutes: float = 30.0  # the shipped weights: about 21 min wall on 2 idle cores
     size: int = 256
     stills_per_category: int = 260
     videos_per_category: int = 24
@@ -323,8 +323,9 @@ class PretrainConfig:
 
     def schedule(self) -> tuple[int, int, float]:
         """``(vae_steps, unet_steps, data_scale)`` for the nominal ``minutes`` (data about 10 %, VAE 12 %,
-        UNet the rest). 40 nominal minutes took 41 minutes of wall time on 2 idle CPU cores (59 when the
-        cores were shared); 54 took 58 minutes, about the most that fits the 60-minute limit."""
+        UNet the rest). 30 nominal minutes (the shipped weights) took 21 minutes of wall time on 2 idle CPU
+        cores; 40 took 41 (59 when the cores were shared) and 54 took 58, about the most that fits the
+        60-minute limit."""
         scale = min(1.0, self.minutes / 50.0)
         vae = self.vae_steps if self.vae_steps is not None else int(self.minutes * 24)
         unet = self.unet_steps if self.unet_steps is not None else int(self.minutes * 75)
@@ -680,9 +681,9 @@ def save_weights(components, path: str | Path, overwrite: bool = True) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m smite_core.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    parser.add_argument("--minutes", type=float, default=40.0,
-                        help="nominal budget on 2 idle CPU cores (sets the steps; 40, the shipped weights, "
-                             "takes about 41 min)")
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="nominal budget on 2 idle CPU cores (sets the steps; 30, the shipped weights, "
+                             "takes about 21 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads and rendering threads")
     args = parser.parse_args(argv)

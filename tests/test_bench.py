@@ -139,6 +139,24 @@ def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
     assert seen == [True, False]
 
 
+def test_bench_quality_json_writes_only_json_on_stdout(monkeypatch, capsys):
+    """`smite bench --quality --json | jq` works: the table goes to stderr, stdout is one JSON document."""
+    from smite_core import cli, quality
+
+    result = quality.QualityResult()
+    result.rows[(1, "full", "car")] = {"mIoU": 0.75, "J": 0.7, "F": 0.68, "flicker": 0.01}
+    monkeypatch.setattr(quality, "run_quality", lambda backbone, **kwargs: result)
+    monkeypatch.setattr(cli, "_load_backbone", lambda args: None)
+    assert cli.main(["bench", "--quality", "--shots", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["mean"]["1-shot/full"]["mIoU"] == 0.75 and data["rows"][0]["category"] == "car"
+    assert "mIoU" in err and "car" in err
+    assert cli.main(["bench", "--quality", "--shots", "1"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.startswith("shots") and "car" in out
+
+
 def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, monkeypatch):
     """`--workers 2`: the same rows as one process (cases finish in any order), for every case."""
     from smite_core import quality
