@@ -14,6 +14,8 @@ import torch
 
 from smite_core.checks import require_finite
 from smite_core.errors import InputError
+from smite_core.segment import SegmentConfig
+from smite_core.tracking import DEFAULT_TRACKER, TRACKERS
 
 from . import host
 from .segment import frames_of
@@ -21,7 +23,7 @@ from .wires import LOW_PASS, TRACK_VOTE, LowPassSettings, TrackVoteSettings
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ["flow", "cotracker", "none"]
+DEFAULTS = SegmentConfig()  # the widgets' defaults: the library's segmentation defaults
 
 
 def cotracker_checkpoint() -> str | None:
@@ -33,16 +35,6 @@ def cotracker_checkpoint() -> str | None:
             if os.path.isfile(os.path.join(folder, name)):
                 return folder
     return None
-
-
-def _defaults() -> dict:
-    """The library's temporal defaults (fall back to the method's values if it has none)."""
-    try:
-        from smite_core import segment
-    except ImportError:  # pragma: no cover - smite_core always has segment
-        return {}
-    return {"track_weight": getattr(segment, "DEFAULT_TRACK_WEIGHT", 0.1),
-            "lowpass_weight": getattr(segment, "DEFAULT_LOWPASS_WEIGHT", 8.0)}
 
 
 def _masks_of(masks) -> torch.Tensor:
@@ -62,20 +54,19 @@ class TrackVote:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "tracker": (TRACKERS, {
-                    "default": "flow",
-                    "tooltip": "Point tracker. flow: dense optical flow, no weights (default). cotracker: CoTracker3 "
-                               "(installed 'cotracker' package + checkpoint in ComfyUI/models/cotracker; CC BY-NC, "
-                               "never downloaded). none: vote at the same pixel."}),
+                "tracker": (list(TRACKERS), {
+                    "default": DEFAULT_TRACKER,
+                    "tooltip": "Point tracker. " + " ".join(f"{name}: {meaning}." for name, meaning in TRACKERS.items())
+                               + " A CoTracker3 checkpoint goes in ComfyUI/models/cotracker."}),
                 "track_weight": ("FLOAT", {
-                    "default": _defaults().get("track_weight", 0.1), "min": 0.0, "max": 100.0, "step": 0.01,
+                    "default": DEFAULTS.track_weight, "min": 0.0, "max": 100.0, "step": 0.01,
                     "tooltip": "Weight of the tracking energy that pulls the latent towards the voted labels during "
                                "denoising. 0: only vote the maps (no latent update)."}),
                 "vote_window": ("INT", {
-                    "default": 15, "min": 1, "max": 99,
-                    "tooltip": "Frames voted over around each frame (the method uses 15)."}),
+                    "default": DEFAULTS.vote_window, "min": 1, "max": 99,
+                    "tooltip": f"Frames voted over around each frame (the method uses {DEFAULTS.vote_window})."}),
                 "vote_output": ("BOOLEAN", {
-                    "default": True,
+                    "default": DEFAULTS.vote_output,
                     "tooltip": "Vote the final maps once more along the tracks (less flicker)."}),
             },
             "optional": {
@@ -95,7 +86,8 @@ class TrackVote:
     DESCRIPTION = ("Temporal voting along point tracks. Connected to InflatedUNetSegment it guides the denoising "
                    "loop; with frames + masks connected it de-flickers any mask video on its own.")
 
-    def run(self, tracker="flow", track_weight=0.1, vote_window=15, vote_output=True, frames=None, masks=None):
+    def run(self, tracker=DEFAULT_TRACKER, track_weight=DEFAULTS.track_weight, vote_window=DEFAULTS.vote_window,
+            vote_output=DEFAULTS.vote_output, frames=None, masks=None):
         if tracker not in TRACKERS:
             raise InputError(f"tracker: {tracker!r} is not one of {', '.join(TRACKERS)}")
         checkpoint = None
@@ -142,13 +134,13 @@ class LowPassGuide:
         return {
             "required": {
                 "lowpass_weight": ("FLOAT", {
-                    "default": _defaults().get("lowpass_weight", 8.0), "min": 0.0, "max": 1000.0, "step": 0.1,
+                    "default": DEFAULTS.lowpass_weight, "min": 0.0, "max": 1000.0, "step": 0.1,
                     "tooltip": "Weight of the low-pass energy (3-D DCT of the maps against the first pass). 0: off."}),
                 "lowpass_cutoff": ("FLOAT", {
-                    "default": 0.4, "min": 0.01, "max": 1.0, "step": 0.01,
+                    "default": DEFAULTS.lowpass_cutoff, "min": 0.01, "max": 1.0, "step": 0.01,
                     "tooltip": "Share of the spatial frequencies kept (0.4 = the lowest 40 % of rows and columns)."}),
                 "first_step_cutoff": ("FLOAT", {
-                    "default": 0.999, "min": 0.01, "max": 1.0, "step": 0.001,
+                    "default": DEFAULTS.lowpass_first_cutoff, "min": 0.01, "max": 1.0, "step": 0.001,
                     "tooltip": "Cutoff at the first guided step (almost everything kept, as in the method)."}),
             },
         }
@@ -160,7 +152,8 @@ class LowPassGuide:
     CATEGORY = "SMITE/guides"
     DESCRIPTION = "Low-pass regulariser settings for InflatedUNetSegment's guided denoising."
 
-    def run(self, lowpass_weight=8.0, lowpass_cutoff=0.4, first_step_cutoff=0.999):
+    def run(self, lowpass_weight=DEFAULTS.lowpass_weight, lowpass_cutoff=DEFAULTS.lowpass_cutoff,
+            first_step_cutoff=DEFAULTS.lowpass_first_cutoff):
         for name, value in (("lowpass_cutoff", lowpass_cutoff), ("first_step_cutoff", first_step_cutoff)):
             if not 0 < value <= 1:
                 raise InputError(f"{name}: must be in (0, 1] (got {value})")

@@ -13,6 +13,7 @@ from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
 from smite_core.inversion import DEFAULT_TIMESTEPS, encode_frames, working_size
 from smite_core.segment import SegmentConfig, segment_frames
+from smite_core.tracking import NO_TRACKING
 from smite_core.was import labels_from_was
 
 from . import host
@@ -21,6 +22,7 @@ from .wires import EMBEDDING, LATENT, LOW_PASS, MODEL, SEGMENTS, TRACK_VOTE, Seg
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 8
+DEFAULTS = SegmentConfig()  # the widgets' defaults: the library's segmentation defaults
 
 
 def frames_of(images, what: str = "images") -> torch.Tensor:
@@ -131,11 +133,11 @@ class InflatedUNetSegment:
                                         "tooltip": "Inflated UNet: self-attention across all frames of a window and "
                                                    "frame-pooled GroupNorm. Off: each frame alone (the paper's "
                                                    "Baseline-I; no tracking or guidance)."}),
-                "window": ("INT", {"default": 16, "min": 1, "max": 256,
+                "window": ("INT", {"default": DEFAULTS.window, "min": 1, "max": 256,
                                    "tooltip": "Frames per window (memory grows with the square of it)."}),
-                "overlap": ("INT", {"default": 8, "min": 0, "max": 255,
+                "overlap": ("INT", {"default": DEFAULTS.overlap, "min": 0, "max": 255,
                                     "tooltip": "Frames shared by consecutive windows (cross-faded); below window."}),
-                "guide_steps": ("INT", {"default": 1, "min": 0, "max": 50,
+                "guide_steps": ("INT", {"default": DEFAULTS.guide_steps, "min": 0, "max": 50,
                                         "tooltip": "Denoising steps during which connected guides optimise the "
                                                    "latent (each costs a few UNet passes). 0: guides only vote."}),
             },
@@ -165,14 +167,14 @@ class InflatedUNetSegment:
             return f"guide_steps: must be 0..50 (got {guide_steps})"
         return True
 
-    def segment(self, model, embedding, latent, inflate=True, window=16, overlap=8, guide_steps=1,
-                track_vote=None, low_pass=None):
+    def segment(self, model, embedding, latent, inflate=True, window=DEFAULTS.window, overlap=DEFAULTS.overlap,
+                guide_steps=DEFAULTS.guide_steps, track_vote=None, low_pass=None):
         if latent.fingerprint != model.fingerprint:
             raise InputError("latent: it was made with another backbone; invert the video with this model")
         fields = {"window": int(window), "overlap": int(overlap), "inflate": bool(inflate), "size": latent.size,
                   "timesteps": latent.timesteps, "seed": latent.seed,
                   # no guide connected: the plain inflated UNet (no tracking, voting or latent updates)
-                  "tracker": "none", "track_weight": 0.0, "lowpass_weight": 0.0, "vote_output": False,
+                  "tracker": NO_TRACKING, "track_weight": 0.0, "lowpass_weight": 0.0, "vote_output": False,
                   "guide_steps": int(guide_steps)}
         if track_vote is not None:
             fields.update(track_vote.config_fields())

@@ -17,6 +17,7 @@ import torch
 
 from smite_core.backbone import Backbone
 from smite_core.errors import InputError
+from smite_core.segment import SegmentConfig
 
 from . import host
 
@@ -178,10 +179,10 @@ class Segments:
 class TrackVoteSettings:
     """TrackVote node settings for InflatedUNetSegment (fields named as in ``SegmentConfig``)."""
 
-    tracker: str = "flow"
-    track_weight: float = 0.1
-    vote_window: int = 15
-    vote_output: bool = True
+    tracker: str = SegmentConfig.tracker
+    track_weight: float = SegmentConfig.track_weight
+    vote_window: int = SegmentConfig.vote_window
+    vote_output: bool = SegmentConfig.vote_output
     tracker_checkpoint: str | None = None
 
     def config_fields(self) -> dict:
@@ -193,9 +194,9 @@ class TrackVoteSettings:
 class LowPassSettings:
     """LowPassGuide node settings for InflatedUNetSegment (fields named as in ``SegmentConfig``)."""
 
-    lowpass_weight: float = 8.0
-    lowpass_cutoff: float = 0.4
-    lowpass_first_cutoff: float = 0.999
+    lowpass_weight: float = SegmentConfig.lowpass_weight
+    lowpass_cutoff: float = SegmentConfig.lowpass_cutoff
+    lowpass_first_cutoff: float = SegmentConfig.lowpass_first_cutoff
 
     def config_fields(self) -> dict:
         return {"lowpass_weight": self.lowpass_weight, "lowpass_cutoff": self.lowpass_cutoff,

@@ -1,7 +1,7 @@
 """Inflated UNet attention: cross-frame self-attention, frame-pooled GroupNorm and map capture.
 
 Frames of a window are folded into the UNet's batch (``[B*F, C, h, w]``). Within a
-:func:`inflated_unet` block the UNet behaves as SMITE's inflated UNet (method.md section 5):
+:func:`inflated_unet` block the UNet behaves as SMITE's inflated UNet (docs/method.md section 5):
 
 - every self-attention ``attn1`` lets each frame attend to all tokens of all frames of the window
   (fully-frame attention, through SDPA: no score matrix is materialised);

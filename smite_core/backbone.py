@@ -9,48 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .components import Components, read_family_config
 from .errors import BackboneError
-
-CONFIG_PACKAGE = "smite_core.configs"
-TEXT_LENGTH = 77  # CLIP context length of every supported text encoder
-
-
-@dataclass
-class Components:
-    """What a checkpoint loader returns; ``Backbone`` adds device handling and a fingerprint.
-
-    ``empty_prompt_ids`` is the ``[1,77]`` token-id sequence of the empty prompt ``""`` (BOS, EOS,
-    padding); it needs no vocabulary, so a missing tokenizer never blocks loading.
-    """
-
-    unet: "torch.nn.Module"
-    vae: "torch.nn.Module"
-    text_encoder: "torch.nn.Module"
-    scheduler: object
-    family: str  # "sd1", "sd2" or "tiny"
-    prediction_type: str  # "epsilon" or "v_prediction"
-    empty_prompt_ids: torch.Tensor
-    resolution: int  # working image side in pixels (512 for SD, smaller for tiny): learning
-    source: str  # what was loaded: "tiny", a folder or a file path
-    tokenizer: object | None = None
-    extra: dict = field(default_factory=dict)
-    segment_resolution: int | None = None  # working side for segmentation; None = ``resolution``
-
-
-def read_family_config(family: str) -> dict:
-    """Read ``configs/<family>/{unet,vae,text_encoder,scheduler,smite}.json`` shipped in the package."""
-    root = resources.files(CONFIG_PACKAGE) / family
-    out = {}
-    for part in ("unet", "vae", "text_encoder", "scheduler", "smite"):
-        out[part] = json.loads((root / f"{part}.json").read_text())
-    return out
-
 
 TINY_WEIGHTS = "weights/tiny.safetensors"  # inside the smite_core package (issue: embedded backbone)
 
@@ -156,7 +122,7 @@ def build_tiny_components(weights_path: str | Path | None | bool = None) -> Comp
     """The embedded default backbone: SD component classes built from ``configs/tiny``.
 
     Loads the shipped trained weights (``smite_core/weights/tiny.safetensors``, made by
-    ``python -m smite_core.pretrain``) when present, or ``weights_path``; ``weights_path=False``
+    ``python -m smite_core.tools.pretrain``) when present, or ``weights_path``; ``weights_path=False``
     (pre-training) or a missing shipped file gives a deterministic random initialisation (seed 0).
     The word-level tokenizer reads ``configs/tiny/vocab.json``.
     """

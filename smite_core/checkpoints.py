@@ -4,7 +4,7 @@ and the real architectures with random weights (for tests).
 Architectures come from the configs shipped in ``configs/sd1`` (SD 1.5) and ``configs/sd2``
 (SD 2.1-base). For a single file the shape fields (channels, blocks, context width, layer counts)
 are read from the checkpoint itself and the rest (head rule, activations, norms) from the family
-config, so the UNet always matches the file (method.md D14). Nothing is downloaded or unpickled.
+config, so the UNet always matches the file (docs/method.md D14). Nothing is downloaded or unpickled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import TEXT_LENGTH, Components, read_family_config
+from .components import TEXT_LENGTH, Components, read_family_config
 from .errors import BackboneError, InputError
 
 FAMILIES = ("sd1", "sd2")

@@ -33,16 +33,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny",
-                   help="backbone: 'tiny' (embedded default), a diffusers folder, or an SD 1.x/2.x .safetensors file")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: fp32 on CPU, bf16/fp16 on GPU")
-    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
-                   help="override the detected prediction type of a single-file checkpoint")
-
-
 def _load_backbone(args):
     from .backbone import load_backbone
 
@@ -53,13 +43,11 @@ def _load_backbone(args):
 def _segment_config(args):
     from .segment import SegmentConfig
 
-    tuned = {name: value for name, value in (("track_weight", args.track_weight), ("lowpass_weight", args.lowpass_weight),
-                                             ("guide_steps", args.guide_steps), ("guide_iters", args.guide_iters))
-             if value is not None}  # unset options keep SegmentConfig's defaults (one source of defaults)
     return SegmentConfig(window=args.window, overlap=args.overlap, inflate=not args.no_inflate, size=args.size,
                          seed=args.seed, tracker=args.tracker, vote_window=args.vote_window,
                          vote_output=not args.no_vote_output, tracker_checkpoint=args.tracker_checkpoint,
-                         refine_crop=args.refine_crop, **tuned)
+                         track_weight=args.track_weight, lowpass_weight=args.lowpass_weight,
+                         guide_steps=args.guide_steps, guide_iters=args.guide_iters)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -171,7 +159,8 @@ def cmd_vote(args) -> int:
     from .errors import InputError
     from .fileio import atomic_dir, check_writable
     from .label_png import read_label_png, save_label_png
-    from .metrics import _label_folder, _natural_key
+    from .metrics import label_files
+    from .references import natural_key
     from .tracking import make_tracker
     from .video_io import open_frames, open_video_writer, overlay
     from .voting import iter_vote_labels, window_offsets
@@ -180,8 +169,8 @@ def cmd_vote(args) -> int:
     window_offsets(args.vote_window)
     if args.max_grid < 1:
         raise InputError(f"--max-grid: must be at least 1 (got {args.max_grid})")
-    files = _label_folder(Path(args.labels), "labels")
-    names = sorted(files, key=_natural_key)
+    files = label_files(Path(args.labels), "labels")
+    names = sorted(files, key=natural_key)
     paths = [files[n] for n in names]
     with open_frames(args.video) as source:
         if len(paths) != source.num_frames:
@@ -239,21 +228,21 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     if args.quality:
         return _bench_quality(args)
-    from .bench import format_result, result_line, run_bench, sd21_estimate
+    from .tools.bench import BENCH_FRAMES, FLOPS_SIZE, format_result, result_line, run_bench, sd21_estimate
 
     if args.vote_ref_queries is not None and args.vote_ref_queries < 0:
         raise SmiteError(f"--vote-ref-queries: must be 0 (the full loop) or more (got {args.vote_ref_queries})")
     if args.flops:
         _say("counting SD 2.1 FLOPs on the meta device ...")
-        result = sd21_estimate(size=args.size or 512)
+        result = sd21_estimate(size=args.size or FLOPS_SIZE)
     else:
-        if args.work_size is not None and args.work_size < 8:
-            raise SmiteError(f"--work-size: must be at least 8 pixels (got {args.work_size})")
-        result = run_bench(frames=16 if args.frames is None else args.frames, size=args.size, model=args.model, device=args.device,
-                           dtype=args.dtype, inflate=not args.no_inflate, seed=args.seed, work_size=args.work_size,
-                           video=args.video, overlay=None if args.overlay == "none" else args.overlay,
-                           voting=not args.no_vote, vote_ref_queries=args.vote_ref_queries or None, say=_say,
-                           progress_factory=_progress_bar)
+        if args.size is not None and args.size < 8:
+            raise SmiteError(f"--size: must be at least 8 pixels (got {args.size})")
+        result = run_bench(frames=BENCH_FRAMES if args.frames is None else args.frames, frame_size=args.frame_size,
+                           model=args.model, device=args.device, dtype=args.dtype, inflate=not args.no_inflate,
+                           seed=args.seed, size=args.size, video=args.video,
+                           overlay=None if args.overlay == "none" else args.overlay, voting=not args.no_vote,
+                           vote_ref_queries=args.vote_ref_queries or None, say=_say, progress_factory=_progress_bar)
     if args.json:
         print(result_line(result))
     else:
@@ -262,7 +251,7 @@ def cmd_bench(args) -> int:
 
 
 def _bench_quality(args) -> int:
-    from .quality import format_table, result_json, run_quality
+    from .tools.quality import SUITE_FRAMES, format_table, result_json, run_quality
 
     try:
         shots = [int(v) for v in args.shots.split(",") if v.strip()]
@@ -272,7 +261,8 @@ def _bench_quality(args) -> int:
     if args.workers < 1:  # checked before a possibly large backbone is loaded (run_quality checks it too)
         raise SmiteError(f"--workers: must be an integer >= 1 (got {args.workers})")
     backbone = _load_backbone(args)
-    result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos, frames=args.frames or 24,
+    result = run_quality(backbone, shots=shots, categories=categories, videos=args.videos,
+                         frames=args.frames or SUITE_FRAMES,
                          learn_overrides={"steps": args.steps} if args.steps else None, say=_say,
                          edge_aware=not args.no_edge_aware, workers=args.workers)
     table = f"{format_table(result)}\n({result.seconds:.0f} s)"
@@ -284,35 +274,84 @@ def _bench_quality(args) -> int:
     return 0
 
 
-def _add_tracker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracker", default="flow", choices=["flow", "cotracker", "none"],
-                   help="point tracker: flow (default, OpenCV optical flow), cotracker (CoTracker3, installed "
-                        "separately, CC BY-NC) or none")
-    p.add_argument("--tracker-checkpoint", default=None,
-                   help="CoTracker3 checkpoint file, or a models folder holding scaled_offline.pth")
-    p.add_argument("--vote-window", type=int, default=15, help="frames a temporal vote looks at (default 15)")
-
-
 # ----------------------------------------------------------------------------- parser
+#
+# Every default shown or used here comes from the library's config dataclasses and constants
+# (SegmentConfig, LearnConfig, voting, tracking, demo, tools): one source for each setting.
+
+OVERLAYS = ("mp4", "gif", "none")
+LEARN_EXAMPLES = """\
+reference layout: REFS/images/<name>.png|jpg and REFS/labels/<name>.png, paired by name; optional
+REFS/segments.json (a list of names, background first). A label is a single-channel or palette PNG
+whose pixel value is the segment id (0 = background), or a colour-coded RGB PNG (one colour per
+segment, black = background).
+
+examples:
+  smite learn --refs refs --out parts.safetensors
+  smite learn --refs refs --out parts.safetensors --model sd21.safetensors --device cuda --steps 600"""
+SEGMENT_EXAMPLES = """\
+examples:
+  smite segment --video clip.mp4 --embedding parts.safetensors --out clip-parts
+  smite segment --video frames/ --embedding parts.safetensors --out out --guide-steps 0 --overlay none"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smite", description="SMITE: segment a video into your own parts, "
-                                     "learned from 1-10 annotated reference images.")
-    parser.add_argument("--version", action="version", version=f"smite {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = sub.add_parser("demo", help="offline demo: make a procedural example, learn, segment, evaluate")
-    p.add_argument("--out", default="smite-demo", help="output folder (default: smite-demo)")
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny",
+                   help="backbone: 'tiny' (the embedded demo model, default), a diffusers folder, or an SD 1.x/2.x "
+                        ".safetensors file")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps "
+                                                    "(default auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp32 on CPU, bf16 or fp16 on GPU (default auto)")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                   help="override the detected prediction type of a single-file checkpoint (default: detected)")
+
+
+def _add_tracker_args(p: argparse.ArgumentParser, choices) -> None:
+    from .tracking import DEFAULT_TRACKER, NO_TRACKING, TRACKERS
+    from .voting import DEFAULT_WINDOW
+
+    meaning = {**TRACKERS, NO_TRACKING: "no tracking and no vote"}
+    p.add_argument("--tracker", default=DEFAULT_TRACKER, choices=list(choices),
+                   help="point tracker: " + "; ".join(f"{c}: {meaning[c]}" for c in choices)
+                        + f" (default {DEFAULT_TRACKER})")
+    p.add_argument("--tracker-checkpoint", default=None, metavar="PATH",
+                   help="CoTracker3 checkpoint file, or a models folder holding scaled_offline.pth (needed by "
+                        "--tracker cotracker)")
+    p.add_argument("--vote-window", type=int, default=DEFAULT_WINDOW, metavar="N",
+                   help=f"frames a temporal vote looks at around each frame (default {DEFAULT_WINDOW})")
+
+
+def _add_overlay_arg(p: argparse.ArgumentParser, what: str = "overlay video") -> None:
+    p.add_argument("--overlay", default=OVERLAYS[0], choices=OVERLAYS, help=f"{what} format (default {OVERLAYS[0]})")
+
+
+def _add_demo_parser(sub) -> None:
+    from . import demo
+
+    p = _parser(sub, "demo", "offline demo: make a procedural example, learn, segment, evaluate")
+    p.add_argument("--out", default=demo.DEMO_OUT, help=f"output folder (default {demo.DEMO_OUT})")
     p.add_argument("--steps", type=int, default=None,
-                   help="learning steps (default: 200, to fit 3 minutes on 2 CPU cores)")
-    p.add_argument("--frames", type=int, default=24, help="frames in the demo video")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+                   help=f"learning steps (default {demo.DEMO_STEPS}, to fit 3 minutes on 2 CPU cores)")
+    p.add_argument("--frames", type=int, default=demo.DEMO_FRAMES,
+                   help=f"frames in the demo video (default {demo.DEMO_FRAMES})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example, learning and noise (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("learn", help="learn a segment embedding from annotated reference images")
+
+def _add_learn_parser(sub) -> None:
+    from .learn import LearnConfig
+    from .learn_state import SAVE_EVERY
+
+    d = LearnConfig()
+    p = _parser(sub, "learn", "learn a segment embedding from annotated reference images", LEARN_EXAMPLES)
     p.add_argument("--refs", required=True, help="folder with images/ and labels/ (+ optional segments.json)")
     p.add_argument("--out", required=True, help="embedding file to write (.safetensors)")
     length = p.add_mutually_exclusive_group()
@@ -320,92 +359,114 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimisation steps, one augmented reference each (default: --epochs x the number of "
                              "references)")
     length.add_argument("--epochs", type=int, default=None,
-                        help="passes over the references (default 300, the paper's): 300 steps per reference")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=None, help="training image side (default: the backbone's resolution)")
+                        help=f"passes over the references (default {d.epochs}, the paper's): {d.epochs} steps per "
+                             "reference")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the augmentations and noise (default {d.seed})")
+    p.add_argument("--size", type=int, default=None,
+                   help="training image side in pixels (default: the backbone's learning size, 192 for tiny, "
+                        "512 for SD)")
     p.add_argument("--tokens-only", action="store_true", help="learn only the segment tokens, not cross-attention K/V")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="resumable learning state (.safetensors): saved every --checkpoint-every steps and on "
                         "Ctrl-C; the same command resumes from it; removed when learning finishes")
-    p.add_argument("--checkpoint-every", type=int, default=25, metavar="N",
-                   help="steps between learning-state saves (default 25; 0: only on interrupt)")
+    p.add_argument("--checkpoint-every", type=int, default=SAVE_EVERY, metavar="N",
+                   help=f"steps between learning-state saves (default {SAVE_EVERY}; 0: only on interrupt)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing embedding file (and a --checkpoint state of another run)")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_learn)
 
-    p = sub.add_parser("segment", help="segment a video with a learned embedding")
+
+def _add_segment_parser(sub) -> None:
+    from .segment import SEGMENT_TRACKERS, SegmentConfig
+
+    d = SegmentConfig()
+    p = _parser(sub, "segment", "segment a video with a learned embedding", SEGMENT_EXAMPLES)
     p.add_argument("--video", required=True, help="a video file (mp4, mov, webm, mkv, avi, gif) or a folder of frames")
     p.add_argument("--embedding", required=True, help="embedding file from 'smite learn'")
     p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json)")
-    p.add_argument("--window", type=int, default=16, help="frames per inflated-UNet window")
-    p.add_argument("--overlap", type=int, default=8, help="frames shared by consecutive windows")
+    p.add_argument("--window", type=int, default=d.window, help=f"frames per inflated-UNet window (default {d.window})")
+    p.add_argument("--overlap", type=int, default=d.overlap,
+                   help=f"frames shared by consecutive windows (default {d.overlap})")
     p.add_argument("--no-inflate", action="store_true",
                    help="per-frame segmentation (the paper's Baseline-I: no inflation, tracking, voting or guidance)")
     p.add_argument("--size", type=int, default=None,
-                   help="working resolution (default: the backbone's segmentation size: 256 for tiny, 512 for SD)")
-    p.add_argument("--seed", type=int, default=0)
-    _add_tracker_args(p)
-    p.add_argument("--track-weight", type=float, default=None,
-                   help="weight of the tracking energy E_track (default: the tuned value, see README; 0: off)")
-    p.add_argument("--lowpass-weight", type=float, default=None,
-                   help="weight of the low-pass DCT energy E_reg (default: the tuned value, see README; 0: off)")
-    p.add_argument("--guide-steps", type=int, default=None,
-                   help="guided timesteps per window (default: the tuned value; 0: no latent update)")
-    p.add_argument("--guide-iters", type=int, default=None,
-                   help="latent update iterations per guided timestep (default: the tuned value)")
+                   help="working size in pixels (default: the backbone's segmentation size, 256 for tiny, 512 for SD)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the inversion noise (default {d.seed})")
+    _add_tracker_args(p, SEGMENT_TRACKERS)
+    p.add_argument("--track-weight", type=float, default=d.track_weight,
+                   help=f"weight of the tracking energy E_track (default {d.track_weight}; 0: off)")
+    p.add_argument("--lowpass-weight", type=float, default=d.lowpass_weight,
+                   help=f"weight of the low-pass DCT energy E_reg (default {d.lowpass_weight:g}; 0: off)")
+    p.add_argument("--guide-steps", type=int, default=d.guide_steps,
+                   help=f"guided timesteps per window (default {d.guide_steps}; 0: no latent update)")
+    p.add_argument("--guide-iters", type=int, default=d.guide_iters,
+                   help=f"latent update iterations per guided timestep (default {d.guide_iters})")
     p.add_argument("--no-vote-output", action="store_true", help="do not vote the final maps along the tracks")
-    p.add_argument("--refine-crop", action="store_true",
-                   help="crop-and-zoom refinement: re-segment each window on a crop around the foreground")
     p.add_argument("--no-edge-aware", action="store_true",
                    help="upsample the maps bilinearly (the paper's way) instead of along the frame's edges")
-    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
+    _add_overlay_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("vote", help="temporal vote along point tracks: a flicker filter for any label video")
+
+def _add_vote_parser(sub) -> None:
+    from .tracking import TRACKERS
+    from .voting import DEFAULT_MAX_GRID
+
+    p = _parser(sub, "vote", "temporal vote along point tracks: a flicker filter for any label video")
     p.add_argument("--video", required=True, help="the video the labels belong to (file or folder of frames)")
     p.add_argument("--labels", required=True, help="folder of label PNGs (or its labels/ subfolder), one per frame")
     p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json if given)")
-    _add_tracker_args(p)
-    p.add_argument("--max-grid", type=int, default=256, help="voting grid cells on the long side (default 256)")
-    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay video format")
-    p.add_argument("--device", default="auto", help="device of the cotracker tracker")
+    _add_tracker_args(p, TRACKERS)
+    p.add_argument("--max-grid", type=int, default=DEFAULT_MAX_GRID, metavar="N",
+                   help=f"voting grid cells on the long side (default {DEFAULT_MAX_GRID})")
+    _add_overlay_arg(p)
+    p.add_argument("--device", default="auto", help="device of the cotracker tracker (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_vote)
 
-    p = sub.add_parser("eval", help="score predicted label maps against ground truth")
+
+def _add_eval_parser(sub) -> None:
+    p = _parser(sub, "eval", "score predicted label maps against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted label PNGs (or its labels/ subfolder)")
     p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs (or its labels/ subfolder)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="time each pipeline stage on a procedural video; --quality: the quality suite")
-    p.add_argument("--frames", type=int, default=None, help="video frames (default: 16; 24 with --quality)")
+
+def _add_bench_parser(sub) -> None:
+    from .tools import bench, quality
+
+    p = _parser(sub, "bench", "time each pipeline stage on a procedural video; --quality: the quality suite; "
+                              "--flops: an SD 2.1 estimate")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"video frames (default {bench.BENCH_FRAMES}; {quality.SUITE_FRAMES} with --quality)")
+    p.add_argument("--frame-size", type=int, default=None,
+                   help="side of the procedural frames in pixels (default: the backbone's segmentation size)")
     p.add_argument("--size", type=int, default=None,
-                   help="frame side in pixels (default: the backbone's segmentation size; 512 with --flops)")
-    p.add_argument("--work-size", type=int, default=None,
-                   help="working resolution (default: the backbone's segmentation size: 256 for tiny, 512 for SD)")
+                   help="working size in pixels, as in 'smite segment' (default: the backbone's segmentation size; "
+                        f"{bench.FLOPS_SIZE} with --flops)")
     p.add_argument("--video", default=None,
                    help="time this video (file or folder of frames) instead of a procedural one")
-    p.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"],
-                   help="overlay video written (as segment does)")
+    _add_overlay_arg(p, "overlay video written (as segment does):")
     p.add_argument("--no-inflate", action="store_true", help="time the per-frame Baseline-I instead")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the video, segment tokens and noise (default 0)")
     p.add_argument("--no-vote", action="store_true", help="skip the voting benchmark (vote_ms)")
-    p.add_argument("--vote-ref-queries", type=int, default=1024, metavar="N",
+    p.add_argument("--vote-ref-queries", type=int, default=bench.VOTE_REF_QUERIES, metavar="N",
                    help="queries the Python-loop voting baseline is timed on, scaled to the full problem "
-                        "(default 1024; 0: the full loop of 65,536 queries)")
+                        f"(default {bench.VOTE_REF_QUERIES}; 0: the full loop of 65,536 queries)")
     p.add_argument("--flops", action="store_true",
-                   help="instead: count SD 2.1 FLOPs (meta device, no weights) and estimate H100/A100 "
-                        "frames per second")
+                   help="instead: count SD 2.1 FLOPs (meta device, no weights) and estimate H100/A100 frames per "
+                        "second")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quality", action="store_true",
                    help="procedural quality suite: held-out videos, learn from --shots references, mIoU/J/F/flicker "
-                        "per frame and with the full method")
-    p.add_argument("--shots", default="1,3", help="with --quality: reference counts (default 1,3)")
+                        "per frame and with the full method (docs/quality.md)")
+    shots = ",".join(map(str, quality.SUITE_SHOTS))
+    p.add_argument("--shots", default=shots, help=f"with --quality: reference counts (default {shots})")
     p.add_argument("--categories", default=None, help="with --quality: comma-separated categories (default: all)")
     p.add_argument("--videos", type=int, default=1, help="with --quality: videos per category (default 1)")
     p.add_argument("--steps", type=int, default=None,
@@ -417,10 +478,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "2 on a 2-core CPU finishes about twice as fast)")
     _add_backbone_args(p)
     p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smite", description="SMITE: segment a video into your own parts, "
+                                     "learned from 1-10 annotated reference images.")
+    parser.add_argument("--version", action="version", version=f"smite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo_parser, _add_learn_parser, _add_segment_parser, _add_vote_parser, _add_eval_parser,
+                _add_bench_parser):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The command owns its process: make MKL's results independent of memory alignment (without it, two
+    # identical learning runs differ in the last bits on some CPUs). An explicit MKL_CBWR wins. Set before
+    # any command runs torch; the library itself never touches the environment (it runs inside ComfyUI too).
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

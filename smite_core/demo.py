@@ -8,14 +8,11 @@ overlay video), ``metrics.json`` and ``summary.png`` (reference + mask | frames 
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .fileio import atomic_dir, check_writable
@@ -27,6 +24,8 @@ DEMO_SIZE = (256, 256)
 # the tiny backbone's training size (the default 256 px gives finer masks but takes ~2.5x as long).
 DEMO_WORK_SIZE = 192
 DEMO_STEPS = 200
+DEMO_FRAMES = 24
+DEMO_OUT = "smite-demo"
 
 
 def _colour(labels: np.ndarray) -> np.ndarray:
@@ -50,7 +49,7 @@ def summary_picture(reference: np.ndarray, reference_labels: np.ndarray, frames:
     return Image.fromarray(sheet)
 
 
-def run_demo(out: str | os.PathLike = "smite-demo", steps: int | None = None, frames: int = 24, seed: int = 0,
+def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames: int = DEMO_FRAMES, seed: int = 0,
              overwrite: bool = False, device: str = "auto", progress_factory: Callable | None = None,
              say: Callable[[str], None] = print) -> dict:
     """Run the demo into the folder ``out`` (complete or not at all); returns the metrics."""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .backbone import TEXT_LENGTH, Backbone
+from .backbone import Backbone
+from .components import TEXT_LENGTH
 from .errors import EmbeddingError
 from .fileio import atomic_path
 

@@ -17,15 +17,18 @@ import torch
 
 from .fileio import atomic_dir
 from .label_png import save_label_png
+from .profiling import NO_PROFILER, Profiler
 from .video_io import open_video_writer, overlay
 from .was import labels_from_was
 
 
 def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, torch.Tensor]], source, names: list[str],
-                        overlay_format: str | None = "mp4", overwrite: bool = False, edge_aware: bool = True) -> dict:
+                        overlay_format: str | None = "mp4", overwrite: bool = False, edge_aware: bool = True,
+                        profiler: Profiler = NO_PROFILER) -> dict:
     """Consume ``(frame_index, WAS [K,h,w])`` pairs in order and write labels, overlay and names.
 
     ``edge_aware``: upsample the maps along the frame's edges (``edges``), else bilinearly.
+    ``profiler`` receives the ``decode``, ``labels`` and ``write`` stages (``profiling``).
 
     ``source`` supplies the frames (``read``, ``height``, ``width``, ``fps``) for sizes and the overlay.
     Returns ``{"frames": n, "labels": dir, "overlay": path | None, "label_counts": [K]}``.
@@ -40,12 +43,17 @@ def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, to
         overlay_name = f"overlay.{overlay_format}" if overlay_format else None
         writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
         for index, was in maps:
-            frame = source.read(index, index + 1) if edge_aware or writer else None
-            labels = labels_from_was(was[None], size, frame if edge_aware else None)[0]
+            frame = None
+            if edge_aware or writer:
+                with profiler.stage("decode"):
+                    frame = source.read(index, index + 1)
+            with profiler.stage("labels"):
+                labels = labels_from_was(was[None], size, frame if edge_aware else None)[0]
             counts += torch.bincount(labels.flatten().long(), minlength=len(names))[: len(names)]
-            save_label_png(tmp / "labels" / f"{index:05d}.png", labels.numpy())
-            if writer:
-                writer.write(overlay(frame, labels[None]))
+            with profiler.stage("write"):
+                save_label_png(tmp / "labels" / f"{index:05d}.png", labels.numpy())
+                if writer:
+                    writer.write(overlay(frame, labels[None]))
             written += 1
     return {"frames": written, "labels": str(out_dir / "labels"),
             "overlay": str(out_dir / overlay_name) if overlay_name else None, "label_counts": counts.tolist()}

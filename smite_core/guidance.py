@@ -1,4 +1,4 @@
-"""Spatio-temporal guidance of the video latent (method.md sections 6.3 step 2 and 8).
+"""Spatio-temporal guidance of the video latent (docs/method.md sections 6.3 step 2 and 8).
 
 Two energies of a window's inference WAS ``S = WAS(z) [f,K,h,w]`` (differentiable in the latent
 ``z`` through the UNet; the backbone itself stays frozen):
@@ -18,12 +18,14 @@ sub-slice (so ragged last slices work, defect D5).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .learn import class_weights
+from .losses import class_weights
+from .memory_budget import fit_count, free_memory
 from .unet_pass import unet_forward
 from .was import was_inference
 
@@ -72,17 +74,37 @@ def step_size(scheduler, timestep: int, lr: float) -> float:
     return lr * beta / (1.0 - beta)
 
 
-def guide_latents(backbone, embedding, context: torch.Tensor, latents: torch.Tensor, timestep: int,
-                  reference: torch.Tensor, labels: torch.Tensor | None, *, track_weight: float, lowpass_weight: float,
-                  cutoff: float, iterations: int, sub_slice: int, step: float, inflate: bool = True,
-                  pool_norm: bool = True, on_energy: Callable[[int, int, float], None] | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class GuidanceEnergy:
+    """``E = track_weight * E_track + lowpass_weight * E_reg`` with the low-pass ``cutoff`` of this step."""
+
+    track_weight: float
+    lowpass_weight: float
+    cutoff: float
+
+    def __call__(self, was: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The energy of one sub-slice: ``was``/``reference [f,K,h,w]``, voted ``labels [f,h,w]`` or None."""
+        energy = was.new_zeros(())
+        if self.lowpass_weight:
+            energy = energy + self.lowpass_weight * energy_reg(was, reference, self.cutoff)
+        if self.track_weight and labels is not None:
+            energy = energy + self.track_weight * energy_track(was, labels)
+        return energy
+
+
+def guide_latents(was_of: Callable[[torch.Tensor, int], torch.Tensor], latents: torch.Tensor, timestep: int,
+                  reference: torch.Tensor, labels: torch.Tensor | None, energy: GuidanceEnergy, *, step: float,
+                  iterations: int, sub_slice: int,
+                  on_energy: Callable[[int, int, float], None] | None = None) -> torch.Tensor:
     """Optimise the noisy window latent ``latents [F,4,h,w]`` at ``timestep``; returns the new latent.
 
-    ``reference [F,K,h,w]``: the reference WAS for ``E_reg``; ``labels [F,h,w]`` the voted labels for
-    ``E_track`` (None: no tracking energy). ``step``: ``lr * sigma_t`` (see :func:`step_size`).
-    Each sub-slice of ``sub_slice`` frames gets its own UNet forward (attention and GroupNorm then
-    pool over that slice only, defect D13) and its own Adam moments. ``on_energy(iteration, slice,
-    energy)`` receives the energy before each update. Gradients reach only the latent.
+    ``was_of(z [f,4,h,w], t)`` is the differentiable inference WAS ``[f,K,h,w]`` of a sub-slice (the
+    inflated UNet with the segment embedding, see ``segment.WindowRunner``). ``reference [F,K,h,w]``:
+    the reference WAS for ``E_reg``; ``labels [F,h,w]`` the voted labels for ``E_track`` (None: no
+    tracking energy). ``step``: ``lr * sigma_t`` (see :func:`step_size`). Each sub-slice of
+    ``sub_slice`` frames gets its own UNet forward (attention and GroupNorm then pool over that slice
+    only, defect D13) and its own Adam moments. ``on_energy(iteration, slice, energy)`` receives the
+    energy before each update. Gradients reach only the latent.
     """
     out = latents.detach().float().clone()
     frames = out.shape[0]
@@ -94,19 +116,13 @@ def guide_latents(backbone, embedding, context: torch.Tensor, latents: torch.Ten
             v = torch.zeros_like(z)
             for n in range(1, iterations + 1):
                 z.requires_grad_(True)
-                _, record = unet_forward(backbone, z, timestep, context, embedding.num_segments, kv=embedding.kv,
-                                         inflate=inflate, pool_norm=pool_norm and inflate)
-                was = was_inference(record).float()
-                energy = was.new_zeros(())
-                if lowpass_weight:
-                    energy = energy + lowpass_weight * energy_reg(was, reference[start:stop], cutoff)
-                if track_weight and labels is not None:
-                    energy = energy + track_weight * energy_track(was, labels[start:stop])
-                if not energy.requires_grad:
+                was = was_of(z, timestep).float()
+                value = energy(was, reference[start:stop], None if labels is None else labels[start:stop])
+                if not value.requires_grad:
                     break
-                (grad,) = torch.autograd.grad(energy, z)
+                (grad,) = torch.autograd.grad(value, z)
                 if on_energy:
-                    on_energy(n, s_index, float(energy.detach()))
+                    on_energy(n, s_index, float(value.detach()))
                 z = z.detach()
                 grad = grad.float()
                 m = 0.9 * m + 0.1 * grad
@@ -116,3 +132,39 @@ def guide_latents(backbone, embedding, context: torch.Tensor, latents: torch.Ten
                 z = z - step * m_hat / (v_hat.sqrt() + 1e-5)
             out[start:stop] = z.detach()
     return out.to(latents.dtype)
+
+
+def probe_grad_bytes(backbone, latent_hw: tuple[int, int], context: torch.Tensor, num_segments: int,
+                     kv: dict | None = None) -> int | None:
+    """Peak CUDA bytes of a one-frame UNet forward + WAS + backward to the latent (None off CUDA).
+
+    Resets the device's peak-memory statistics. Running out of memory on one frame gives the
+    device's whole free memory (so the caller falls back to one-frame slices).
+    """
+    device = backbone.device
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    z = torch.zeros(1, backbone.unet.config.in_channels, *latent_hw, device=device, requires_grad=True)
+    try:
+        with torch.enable_grad():
+            _, record = unet_forward(backbone, z, 100, context, num_segments, kv=kv)
+            (grad,) = torch.autograd.grad(was_inference(record).float().square().mean(), z)
+        del record, grad
+        torch.cuda.synchronize(device)
+        return max(1, torch.cuda.max_memory_allocated(device) - base)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return free_memory(device)
+
+
+def guide_slice(backbone, latent_hw: tuple[int, int], context: torch.Tensor, num_segments: int, cap: int,
+                kv: dict | None = None) -> int:
+    """Frames per guidance sub-slice: ``cap`` (the configured slice) unless the measured cost of a
+    frame's forward + backward says fewer fit in the free memory. Off CUDA: ``cap``."""
+    if backbone.device.type != "cuda" or cap <= 1:
+        return max(1, cap)
+    per_frame = probe_grad_bytes(backbone, latent_hw, context, num_segments, kv)
+    return fit_count(free_memory(backbone.device), per_frame or 0, cap)

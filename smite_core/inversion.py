@@ -1,7 +1,7 @@
 """Inversion: frames -> VAE latents (the posterior mean, defect D16) -> noised to a low timestep.
 
 SMITE noises the clean video latent once with ``scheduler.add_noise`` at a low timestep
-(t ~ U{95..104} by default, method.md 6.3); segmentation reads the attention maps of the
+(t ~ U{95..104} by default, docs/method.md 6.3); segmentation reads the attention maps of the
 denoiser at that step.
 """
 

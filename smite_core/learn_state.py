@@ -43,6 +43,9 @@ def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:160] or type(err).__name__
 
 
+SAVE_EVERY = 25  # steps between saves of the learning state (0: only when interrupted)
+
+
 class LearnState:
     """Loads, checks and saves the learning state file ``path`` for the run identified by ``key``.
 
@@ -51,7 +54,7 @@ class LearnState:
     instead of refused. ``say`` receives one-line messages.
     """
 
-    def __init__(self, path: str | os.PathLike, key: str, every: int = 25, replace_other_run: bool = False,
+    def __init__(self, path: str | os.PathLike, key: str, every: int = SAVE_EVERY, replace_other_run: bool = False,
                  say: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.key = key

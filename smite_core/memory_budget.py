@@ -3,10 +3,9 @@ gradient checkpointing for the passes that need gradients.
 
 - :func:`free_memory` reads what the device has left (``torch.cuda.mem_get_info`` on CUDA,
   ``MemAvailable`` of ``/proc/meminfo`` on Linux CPUs; None where it cannot be known).
-- :func:`encode_batch` picks how many frames the VAE encodes at once; :func:`guide_slice` how many
-  frames a guidance sub-slice (forward + backward through the UNet) may hold. Both only ever lower
-  the configured value, so CPU results never depend on the machine's load; on CUDA the sub-slice
-  cost per frame is measured once with a one-frame forward + backward (:func:`probe_grad_bytes`).
+- :func:`encode_batch` picks how many frames the VAE encodes at once, :func:`fit_count` how many
+  items of a measured cost fit (``guidance.guide_slice`` uses it for the guidance sub-slice). Both
+  only ever lower the configured value, so CPU results never depend on the machine's load.
 - :func:`autocast` is fp16/bf16 autocast on GPUs when the backbone runs in half precision (losses,
   softmaxes and reductions then stay in fp32).
 - :func:`gradient_checkpointing` makes the UNet's down/mid/up blocks recompute their ResNet
@@ -80,45 +79,6 @@ def encode_batch(backbone, size: tuple[int, int], cap: int = 8) -> int:
     itemsize = torch.finfo(backbone.dtype).bits // 8
     per_image = VAE_LIVE_TENSORS * channels * size[0] * size[1] * itemsize
     return fit_count(free_memory(backbone.device), per_image, cap)
-
-
-def probe_grad_bytes(backbone, latent_hw: tuple[int, int], context: torch.Tensor, num_segments: int,
-                     kv: dict | None = None) -> int | None:
-    """Peak CUDA bytes of a one-frame UNet forward + WAS + backward to the latent (None off CUDA).
-
-    Resets the device's peak-memory statistics. Running out of memory on one frame gives the
-    device's whole free memory (so the caller falls back to one-frame slices).
-    """
-    device = backbone.device
-    if device.type != "cuda":
-        return None
-    from .unet_pass import unet_forward
-    from .was import was_inference
-
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    z = torch.zeros(1, backbone.unet.config.in_channels, *latent_hw, device=device, requires_grad=True)
-    try:
-        with torch.enable_grad():
-            _, record = unet_forward(backbone, z, 100, context, num_segments, kv=kv)
-            (grad,) = torch.autograd.grad(was_inference(record).float().square().mean(), z)
-        del record, grad
-        torch.cuda.synchronize(device)
-        return max(1, torch.cuda.max_memory_allocated(device) - base)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return free_memory(device)
-
-
-def guide_slice(backbone, latent_hw: tuple[int, int], context: torch.Tensor, num_segments: int, cap: int,
-                kv: dict | None = None) -> int:
-    """Frames per guidance sub-slice: ``cap`` (the configured slice) unless the measured cost of a
-    frame's forward + backward says fewer fit in the free memory. Off CUDA: ``cap``."""
-    if backbone.device.type != "cuda" or cap <= 1:
-        return max(1, cap)
-    per_frame = probe_grad_bytes(backbone, latent_hw, context, num_segments, kv)
-    return fit_count(free_memory(backbone.device), per_frame or 0, cap)
 
 
 def half_precision(backbone) -> bool:

@@ -4,7 +4,7 @@ Label maps are integer ``[H,W]`` arrays with 0 = background and classes ``0..K-1
 identified by string ids (file stems). Every score is a plain float (``None`` when undefined), so
 the dicts returned here can be written with :func:`write_metrics_json` as they are.
 
-Definitions (method.md section 10, defects D10/D11):
+Definitions (docs/method.md section 10, defects D10/D11):
 
 - **J** (DAVIS region similarity): per object (each label > 0 found in the sequence's ground
   truth) per frame, ``|P & G| / |P | G|``, 1 when the union is empty; averaged over all
@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import atomic_path
+from .references import natural_key
 
 __all__ = [
     "region_jaccard",
@@ -157,11 +158,6 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.n
 # --------------------------------------------------------------------------------------------
 
 
-def _natural_key(frame_id: str) -> list:
-    parts = re.split(r"(\d+)", frame_id)
-    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
-
-
 def _frame_number(frame_id: str) -> tuple[str, int] | None:
     m = re.fullmatch(r"(.*?)(\d+)", frame_id)
     return (m.group(1), int(m.group(2))) if m else None
@@ -256,27 +252,30 @@ def evaluate_sequence(
     ``None`` when no pair), ``flicker_pairs``, ``flicker_motion_pairs`` (pairs that used motion),
     ``frames``, ``num_classes``, ``class_names``.
     """
-    ids = sorted(set(pred) & set(gt), key=_natural_key)
+    ids = sorted(set(pred) & set(gt), key=natural_key)
     if not ids:
         raise InputError("no frame id is in both the prediction and the ground truth")
-
-    gts: list[np.ndarray] = []
-    preds: list[np.ndarray] = []
+    gts, preds = [], []
     for fid in ids:
         g = _as_labels(gt[fid], f"ground-truth frame {fid!r}")
         p = _as_labels(pred[fid], f"predicted frame {fid!r}")
-        if p.shape != g.shape:
-            p = _resize_nearest(p, g.shape)
         gts.append(g)
-        preds.append(p)
+        preds.append(p if p.shape == g.shape else _resize_nearest(p, g.shape))
+    k = _num_classes(ids, gts, preds, num_classes, class_names)
+    names = [str(n) for n in class_names] if class_names is not None else [str(c) for c in range(k)]
+    out = _region_scores(gts, preds, k, names, bound_th)
+    out.update(_flicker(ids, gts, preds, motion or {}))
+    out.update({"frames": len(ids), "num_classes": k, "class_names": names, "bound_th": float(bound_th)})
+    return out
 
+
+def _num_classes(ids: list[str], gts: list[np.ndarray], preds: list[np.ndarray], num_classes: int | None,
+                 class_names: list[str] | None) -> int:
+    """K from the class names, else ``num_classes``, else the largest label + 1; every label must be < K."""
     max_label = max(max(int(g.max()) for g in gts), max(int(p.max()) for p in preds))
     if class_names is not None:
-        class_names = [str(n) for n in class_names]
         if num_classes is not None and len(class_names) != int(num_classes):
-            raise InputError(
-                f"{len(class_names)} class names given for num_classes={num_classes}"
-            )
+            raise InputError(f"{len(class_names)} class names given for num_classes={num_classes}")
         k = len(class_names)
     elif num_classes is not None:
         k = int(num_classes)
@@ -288,12 +287,14 @@ def evaluate_sequence(
         for fid, g, p in zip(ids, gts, preds):
             for what, arr in (("ground-truth", g), ("predicted", p)):
                 if int(arr.max()) >= k:
-                    raise InputError(
-                        f"{what} frame {fid!r} has label {int(arr.max())}, "
-                        f"but there are only {k} classes (0..{k - 1})"
-                    )
-    names = class_names if class_names is not None else [str(c) for c in range(k)]
+                    raise InputError(f"{what} frame {fid!r} has label {int(arr.max())}, "
+                                     f"but there are only {k} classes (0..{k - 1})")
+    return k
 
+
+def _region_scores(gts: list[np.ndarray], preds: list[np.ndarray], k: int, names: list[str],
+                   bound_th: float) -> dict:
+    """Per-class IoU, mIoU (present classes and all classes) and DAVIS J / F over the GT's objects."""
     # Per-frame confusion matrices [T,K,K] -> intersections and unions [T,K].
     cms = np.stack([confusion_matrix(p, g, k) for p, g in zip(preds, gts)])
     inter = np.diagonal(cms, axis1=1, axis2=2)
@@ -313,8 +314,6 @@ def evaluate_sequence(
             per_class[names[c]] = v
         else:
             per_class[names[c]] = None
-    miou = float(np.mean(present_ious)) if present_ious else None
-    miou_all = float(np.sum(present_ious) / k)
 
     # DAVIS J and F over objects (labels > 0 present in the sequence's GT), every frame.
     objects = [c for c in range(1, k) if in_gt[:, c].any()]
@@ -322,58 +321,46 @@ def evaluate_sequence(
     f_tab = np.array(
         [[boundary_f(p == c, g == c, bound_th) for c in objects] for p, g in zip(preds, gts)],
         dtype=np.float64,
-    ).reshape(len(ids), len(objects))
+    ).reshape(len(gts), len(objects))
     j_mean = _mean_or_none(j_tab)
     f_mean = _mean_or_none(f_tab)
-    jf = None if j_mean is None else (j_mean + f_mean) / 2
-    per_object = {
-        names[c]: {"J": float(j_tab[:, i].mean()), "F": float(f_tab[:, i].mean())}
-        for i, c in enumerate(objects)
+    return {
+        "J": j_mean,
+        "F": f_mean,
+        "J&F": None if j_mean is None else (j_mean + f_mean) / 2,
+        "per_object": {names[c]: {"J": float(j_tab[:, i].mean()), "F": float(f_tab[:, i].mean())}
+                       for i, c in enumerate(objects)},
+        "mIoU": float(np.mean(present_ious)) if present_ious else None,
+        "mIoU_all_classes": float(np.sum(present_ious) / k),
+        "per_class_iou": per_class,
     }
 
-    # Flicker over adjacent frame pairs.
-    motion = motion or {}
+
+def _flicker(ids: list[str], gts: list[np.ndarray], preds: list[np.ndarray],
+             motion: Mapping[str, np.ndarray]) -> dict:
+    """Flicker over adjacent frame pairs (along ``motion`` where given): ``flicker``, ``flicker_pairs``,
+    ``flicker_motion_pairs``."""
     unstable = stable = pairs = motion_pairs = 0
     for t in range(len(ids) - 1):
         a, b = ids[t], ids[t + 1]
         if not _adjacent(a, b):
             continue
         if gts[t].shape != gts[t + 1].shape:
-            raise InputError(
-                f"ground-truth frames {a!r} and {b!r} differ in size "
-                f"({gts[t].shape} vs {gts[t + 1].shape})"
-            )
+            raise InputError(f"ground-truth frames {a!r} and {b!r} differ in size "
+                             f"({gts[t].shape} vs {gts[t + 1].shape})")
         flow = motion.get(a)
         if flow is not None:
             flow = np.asarray(flow)
             if flow.shape != gts[t].shape + (2,) or not np.issubdtype(flow.dtype, np.floating):
-                raise InputError(
-                    f"motion of frame {a!r} must be a float array {gts[t].shape + (2,)}, "
-                    f"got {flow.dtype} {flow.shape}"
-                )
+                raise InputError(f"motion of frame {a!r} must be a float array {gts[t].shape + (2,)}, "
+                                 f"got {flow.dtype} {flow.shape}")
             motion_pairs += 1
         u, s = _flicker_counts(preds[t], preds[t + 1], gts[t], gts[t + 1], flow)
         unstable += u
         stable += s
         pairs += 1
-    flicker = float(unstable / stable) if stable > 0 else None
-
-    return {
-        "J": j_mean,
-        "F": f_mean,
-        "J&F": jf,
-        "per_object": per_object,
-        "mIoU": miou,
-        "mIoU_all_classes": miou_all,
-        "per_class_iou": per_class,
-        "flicker": flicker,
-        "flicker_pairs": pairs,
-        "flicker_motion_pairs": motion_pairs,
-        "frames": len(ids),
-        "num_classes": k,
-        "class_names": names,
-        "bound_th": float(bound_th),
-    }
+    return {"flicker": float(unstable / stable) if stable > 0 else None, "flicker_pairs": pairs,
+            "flicker_motion_pairs": motion_pairs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +368,8 @@ def evaluate_sequence(
 # --------------------------------------------------------------------------------------------
 
 
-def _label_folder(root: Path, what: str) -> dict[str, Path]:
+def label_files(root: Path, what: str) -> dict[str, Path]:
+    """``{stem: path}`` of the label PNGs in ``root`` (or its ``labels/`` subfolder); ``what`` names it in errors."""
     if not root.is_dir():
         raise InputError(f"{what} folder {root} does not exist or is not a folder")
     folder = root / "labels" if (root / "labels").is_dir() else root
@@ -444,9 +432,9 @@ def evaluate_folders(
     from .label_png import read_label_png
 
     pred_root, gt_root = Path(pred_dir), Path(gt_dir)
-    pred_files = _label_folder(pred_root, "prediction")
-    gt_files = _label_folder(gt_root, "ground-truth")
-    common = sorted(set(pred_files) & set(gt_files), key=_natural_key)
+    pred_files = label_files(pred_root, "prediction")
+    gt_files = label_files(gt_root, "ground-truth")
+    common = sorted(set(pred_files) & set(gt_files), key=natural_key)
     if not common:
         raise InputError(
             f"no frame of {pred_files[next(iter(pred_files))].parent} matches a ground-truth "

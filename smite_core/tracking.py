@@ -1,4 +1,4 @@
-"""Point trackers for temporal voting (method.md section 7): dense grid tracks of a window of frames.
+"""Point trackers for temporal voting (docs/method.md section 7): dense grid tracks of a window of frames.
 
 Every cell of a ``h x w`` grid (the latent grid of the WAS maps, or the grid of a label video) is
 a query on every query frame; a tracker follows each query forward *and* backward to every frame
@@ -10,7 +10,11 @@ of the window and says where it is visible. One interface, three backends:
 - ``cotracker``: CoTracker3 (offline model) from an *installed* ``cotracker`` package with a local
   checkpoint; one call per window with the grid queries of all frames, backward tracking on,
   frames in 0..255. Its licence is CC BY-NC 4.0: it is never bundled and never downloaded.
-- ``none``: every point stays in its own cell and is always visible (voting at the same pixel).
+- ``static``: every point stays in its own cell and is always visible (voting at the same pixel,
+  for a locked-off camera or as a baseline).
+
+Segmentation also accepts ``none`` (:data:`NO_TRACKING`): no tracks at all, so no vote and no
+``E_track``; that is a setting of ``segment.SegmentConfig``, not a tracker.
 
 Grid coordinates: cell ``(u, v)`` (column, row) has its centre at ``(u, v)``; a position maps to the
 cell ``floor(x + 0.5), floor(y + 0.5)``. Pixel coordinates have pixel centres at integers.
@@ -28,7 +32,14 @@ import torch.nn.functional as F
 
 from .errors import InputError, SmiteError
 
-TRACKERS = ("flow", "cotracker", "none")
+# The trackers by name, with what each means (CLI help and node tooltips are built from this).
+TRACKERS = {
+    "flow": "dense optical flow (OpenCV DIS), offline, no weights",
+    "cotracker": "CoTracker3 (the installed 'cotracker' package and its checkpoint; CC BY-NC, never downloaded)",
+    "static": "no motion: each point votes at its own pixel",
+}
+DEFAULT_TRACKER = "flow"
+NO_TRACKING = "none"  # segmentation only: no tracks, no vote, no E_track
 
 # File names looked for when the CoTracker checkpoint is given as a folder (first match wins).
 COTRACKER_FILES = ("cotracker3_offline.safetensors", "scaled_offline.safetensors", "scaled_offline.pth",
@@ -103,9 +114,9 @@ class Tracker:
 
 
 class StaticTracker(Tracker):
-    """``none``: every point stays in its own cell and is visible in every frame."""
+    """``static``: every point stays in its own cell and is visible in every frame."""
 
-    name = "none"
+    name = "static"
 
     def track(self, frames, grid_hw, query_frames=None, max_offset=None) -> Tracks:
         frames, grid_hw = _check_frames(frames, grid_hw)
@@ -305,12 +316,13 @@ class CoTrackerTracker(Tracker):
 
 
 def make_tracker(name: str, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Tracker:
-    """A tracker by name: ``flow`` (default), ``cotracker`` (needs ``checkpoint``: file or folder), ``none``."""
+    """A tracker by name (:data:`TRACKERS`): ``flow`` (default), ``cotracker`` (needs ``checkpoint``: file or
+    folder) or ``static``."""
     if isinstance(name, Tracker):
         return name
     if name == "flow":
         return FlowTracker()
-    if name == "none":
+    if name == "static":
         return StaticTracker()
     if name == "cotracker":
         return CoTrackerTracker(checkpoint, device=device)

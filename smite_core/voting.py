@@ -1,4 +1,4 @@
-"""Bidirectional temporal voting along point tracks (method.md section 7, Algorithm 1, vectorised).
+"""Bidirectional temporal voting along point tracks (docs/method.md section 7, Algorithm 1, vectorised).
 
 For query frame ``i`` and grid cell ``n`` (its query point), look at the frames ``j`` of a window
 of ``window`` frames around ``i`` (clipped to the frames that exist) where the track is visible;
@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .tracking import Tracker, Tracks, make_tracker
+from .tracking import DEFAULT_TRACKER, Tracker, Tracks, make_tracker
 
-DEFAULT_WINDOW = 15
+DEFAULT_WINDOW = 15  # frames a vote looks at (the reference code's Algorithm 1)
+DEFAULT_MAX_GRID = 256  # label videos: voting cells on the long side
 # Elements of the gathered [Fq, W, N, K] block formed at a time (query frames are chunked to fit).
 CHUNK_ELEMENTS = 1 << 25
 
@@ -142,9 +143,9 @@ def _labels_back(original: torch.Tensor, voted: torch.Tensor, grid_labels: torch
     return torch.where(changed, up.to(original.dtype), original)
 
 
-def vote_video(frames: torch.Tensor, maps: torch.Tensor, tracker: str | Tracker = "flow", window: int = DEFAULT_WINDOW,
-               progress: Callable[[int, int], None] | None = None, *, checkpoint=None, max_grid: int = 256,
-               chunk: int = 16, device: str | torch.device = "cpu") -> torch.Tensor:
+def vote_video(frames: torch.Tensor, maps: torch.Tensor, tracker: str | Tracker = DEFAULT_TRACKER,
+               window: int = DEFAULT_WINDOW, progress: Callable[[int, int], None] | None = None, *, checkpoint=None,
+               max_grid: int = DEFAULT_MAX_GRID, chunk: int = 16, device: str | torch.device = "cpu") -> torch.Tensor:
     """Temporal vote over a whole video as a flicker filter.
 
     ``frames [T,H,W,3]`` 0..1 drive the tracker; ``maps`` is either per-class scores or
@@ -152,7 +153,7 @@ def vote_video(frames: torch.Tensor, maps: torch.Tensor, tracker: str | Tracker 
     (returned as voted labels of the same size and dtype). Label videos are voted on a grid of at
     most ``max_grid`` cells on the long side (class fractions); pixels keep their own label unless
     the vote changed their cell. ``tracker``: ``flow``, ``cotracker`` (with ``checkpoint``),
-    ``none`` or a :class:`~smite_core.tracking.Tracker`.
+    ``static`` or a :class:`~smite_core.tracking.Tracker`.
     """
     frames = torch.as_tensor(frames)
     maps = torch.as_tensor(maps)
@@ -181,7 +182,7 @@ def vote_video(frames: torch.Tensor, maps: torch.Tensor, tracker: str | Tracker 
 
 def iter_vote_labels(read_frames: Callable[[int, int], torch.Tensor], read_labels: Callable[[int, int], torch.Tensor],
                      num_frames: int, num_classes: int, tracker: Tracker, window: int = DEFAULT_WINDOW,
-                     max_grid: int = 256, chunk: int = 16,
+                     max_grid: int = DEFAULT_MAX_GRID, chunk: int = 16,
                      progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(index, voted labels [H,W])`` of a label video read lazily with ``read_labels(a, b)`` ->
     integer ``[b-a,H,W]`` (values below ``num_classes``); see :func:`vote_video`."""

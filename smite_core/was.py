@@ -1,4 +1,4 @@
-"""WAS: Weighted Accumulated Self-attention maps (method.md section 4).
+"""WAS: Weighted Accumulated Self-attention maps (docs/method.md section 4).
 
 From one UNet forward's :class:`~smite_core.attention.AttentionRecord`:
 
@@ -66,7 +66,7 @@ def accumulate_self_attention(weights: torch.Tensor, self_qk, chunk_elements: in
 
 
 def was_train(record: AttentionRecord) -> torch.Tensor:
-    """Training WAS ``[F,K,h,w]``: ``softmax_K(CA) . SA`` (method.md 4.1), differentiable."""
+    """Training WAS ``[F,K,h,w]``: ``softmax_K(CA) . SA`` (docs/method.md 4.1), differentiable."""
     ca = cross_attention_logits(record)
     frames, k, h, w = ca.shape
     weights = torch.softmax(ca, dim=1).reshape(frames, k, h * w)
@@ -74,7 +74,7 @@ def was_train(record: AttentionRecord) -> torch.Tensor:
 
 
 def was_inference(record: AttentionRecord) -> torch.Tensor:
-    """Inference WAS ``[F,K,h,w]`` in each class's logit range (method.md 4.2)."""
+    """Inference WAS ``[F,K,h,w]`` in each class's logit range (docs/method.md 4.2)."""
     ca = cross_attention_logits(record)
     frames, k, h, w = ca.shape
     flat = ca.reshape(frames, k, h * w)

@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as smite_core sets it; before torch computes anything
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as the smite command sets it; before torch computes anything
 
 import pytest
 import torch

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from smite_core import bench
-from smite_core.bench import STAGES, StageTimer, clip_index, reference_vote_loop, voting_problem
+from smite_core.profiling import STAGES
+from smite_core.tools import bench
+from smite_core.tools.bench import StageTimer, clip_index, reference_vote_loop, voting_problem
 from smite_core.tracking import Tracks
 from smite_core.voting import vote_tracks
 
@@ -42,36 +43,53 @@ def test_stage_timer_keeps_each_stage_own_time(monkeypatch):
     def tick(seconds):
         clock[0] += seconds
 
-    def unet(frames):
-        tick(2.0)
+    def guidance(frames):  # 1 s of its own around a 2 s UNet pass, twice
+        with timer.stage("guidance_backward", items=frames):
+            tick(0.5)
+            with timer.stage("unet"):
+                tick(2.0)
+            tick(0.5)
 
-    def guidance(frames):  # 1 s of its own around a 2 s UNet call, twice
-        tick(0.5)
-        timed_unet(frames)
-        tick(0.5)
-
-    timed_unet = timer.wrap("unet", unet)
-    timed_guidance = timer.wrap("guidance_backward", guidance, count=lambda frames: frames)
-    timed_guidance(4)
-    timed_guidance(3)
+    guidance(4)
+    guidance(3)
     assert timer.seconds["unet"] == 4.0 and timer.seconds["guidance_backward"] == 2.0
     assert timer.calls["unet"] == 2 and timer.items["guidance_backward"] == 7
     with pytest.raises(ValueError):
-        timer.wrap("nap", unet)
-
-
-def test_instrumentation_restores_the_pipeline_and_refuses_missing_targets(monkeypatch):
-    from smite_core import export, segment
-
-    original = segment.unet_forward, export.save_label_png
-    with bench.instrumented(StageTimer()):
-        assert segment.unet_forward is not original[0] and export.save_label_png is not original[1]
-    assert (segment.unet_forward, export.save_label_png) == original
-    monkeypatch.delattr(segment, "vote_tracks")
-    with pytest.raises(RuntimeError, match="vote_tracks"):
-        with bench.instrumented(StageTimer()):
+        with timer.stage("nap"):
             pass
-    assert segment.unet_forward is original[0]
+
+
+def test_segmentation_reports_every_stage_to_its_profiler(tiny_backbone):
+    """The pipeline's own profiler hook (no monkeypatching): each stage is reported where it runs."""
+    from smite_core.embedding import SegmentEmbedding
+    from smite_core.export import export_segmentation
+    from smite_core.profiling import Profiler
+    from smite_core.segment import SegmentConfig, segment_stream
+    from smite_core.video_io import FrameSource
+
+    class Recorder(Profiler):
+        def __init__(self):
+            self.seen = []
+
+        def stage(self, name, items=0):
+            self.seen.append((name, items))
+            return super().stage(name, items)
+
+    g = torch.Generator().manual_seed(0)
+    embedding = SegmentEmbedding(torch.randn(2, tiny_backbone.context_dim, generator=g), ["background", "a", "b"],
+                                 tiny_backbone.fingerprint)
+    video = FrameSource.from_tensor(torch.rand(5, 32, 32, 3, generator=g))
+    recorder = Recorder()
+    maps = segment_stream(tiny_backbone, embedding, video, SegmentConfig(size=32, window=4, overlap=2),
+                          profiler=recorder)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_segmentation(Path(tmp) / "out", maps, video, embedding.names, overlay_format=None, profiler=recorder)
+    names = {name for name, _ in recorder.seen}
+    assert names == set(STAGES)
+    assert sum(items for name, items in recorder.seen if name == "vae_encode") == 5  # each frame encoded once
+    assert [name for name, _ in recorder.seen].count("tracking") == 2  # one tracker call per window
 
 
 def test_clip_plays_forth_and_back():
@@ -82,7 +100,7 @@ def test_clip_plays_forth_and_back():
 def test_bench_cli_prints_every_stage_as_the_last_json_line(capsys):
     from smite_core.cli import main
 
-    code = main(["bench", "--frames", "20", "--size", "64", "--work-size", "64", "--overlay", "none",
+    code = main(["bench", "--frames", "20", "--frame-size", "64", "--size", "64", "--overlay", "none",
                  "--vote-ref-queries", "64", "--device", "cpu", "--json"])
     assert code == 0
     captured = capsys.readouterr()
@@ -124,7 +142,8 @@ def test_sd21_unet_flops_match_the_known_size():
 
 def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
     """`smite bench --quality --no-edge-aware` reaches the suite (bilinear masks), the default does not."""
-    from smite_core import cli, quality
+    from smite_core import cli
+    from smite_core.tools import quality
 
     seen = []
 
@@ -141,7 +160,8 @@ def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
 
 def test_bench_quality_json_writes_only_json_on_stdout(monkeypatch, capsys):
     """`smite bench --quality --json | jq` works: the table goes to stderr, stdout is one JSON document."""
-    from smite_core import cli, quality
+    from smite_core import cli
+    from smite_core.tools import quality
 
     result = quality.QualityResult()
     result.rows[(1, "full", "car")] = {"mIoU": 0.75, "J": 0.7, "F": 0.68, "flicker": 0.01}
@@ -159,7 +179,7 @@ def test_bench_quality_json_writes_only_json_on_stdout(monkeypatch, capsys):
 
 def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, monkeypatch):
     """`--workers 2`: the same rows as one process (cases finish in any order), for every case."""
-    from smite_core import quality
+    from smite_core.tools import quality
 
     kwargs = dict(shots=(1, 2), categories=["car", "bird"], frames=2, methods=("per-frame",),
                   learn_overrides={"steps": 2}, say=lambda m: None)
@@ -180,7 +200,7 @@ def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, mo
 
 def test_quality_suite_in_worker_processes_reports_a_failed_case(tiny_backbone):
     """An error in a worker reaches the caller as itself (here: learning refuses 0 steps)."""
-    from smite_core import quality
+    from smite_core.tools import quality
     from smite_core.errors import InputError
 
     with pytest.raises(InputError, match="steps"):
@@ -191,7 +211,7 @@ def test_quality_suite_in_worker_processes_reports_a_failed_case(tiny_backbone):
 _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from smite_core import quality
+from smite_core.tools import quality
 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                            initializer=quality._init_worker, initargs=(None, 1))
 print(pool.submit(os.getpid).result(), flush=True)
@@ -230,7 +250,8 @@ def test_quality_worker_ends_when_the_bench_process_is_killed():
 
 
 def test_quality_workers_are_checked(tiny_backbone, capsys):
-    from smite_core import cli, quality
+    from smite_core import cli
+    from smite_core.tools import quality
     from smite_core.errors import InputError
 
     with pytest.raises(InputError, match="--workers"):

@@ -515,14 +515,14 @@ def _stub_model(monkeypatch, log, fail=None):
     def encode(backbone, frames, size, batch=8):
         return torch.zeros(frames.shape[0], 4, 2, 2)
 
-    def window(backbone, emb, frames, config, generator, context=None, latents=None, *, tracker=None, carry=None):
-        log.append((frames.shape[0], config.window, config.guide_slice))
-        if fail is not None and fail(frames.shape[0], config):
+    def window(runner, frames, latents=None, carry=None):
+        log.append((frames.shape[0], runner.config.window, runner.config.guide_slice))
+        if fail is not None and fail(frames.shape[0], runner.config):
             raise _oom()
-        return torch.rand(frames.shape[0], emb.num_segments, 2, 2, generator=generator)
+        return torch.rand(frames.shape[0], runner.embedding.num_segments, 2, 2, generator=runner.generator)
 
     monkeypatch.setattr(segment, "encode_frames", encode)
-    monkeypatch.setattr(segment, "segment_window", window)
+    monkeypatch.setattr(segment.WindowRunner, "run", window)
 
 
 def test_thousands_of_frames_stream_with_flat_memory(tiny_backbone, embedding, monkeypatch):
@@ -957,7 +957,7 @@ def test_out_of_memory_retries_with_smaller_slices(tiny_backbone, embedding, mon
     def other_error(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(segment, "segment_window", other_error)
+    monkeypatch.setattr(segment.WindowRunner, "run", other_error)
     said.clear()
     with pytest.raises(RuntimeError, match="shape mismatch"):  # only out-of-memory is retried
         list(segment_stream(tiny_backbone, embedding, _LongSource(4), SegmentConfig(window=4, overlap=1, **PLAIN),
@@ -966,19 +966,19 @@ def test_out_of_memory_retries_with_smaller_slices(tiny_backbone, embedding, mon
 
 
 def _oom_once_above(monkeypatch, frames_limit):
-    """Make the real segment_window run out of memory (once) on windows longer than ``frames_limit``."""
+    """Make the real window runner run out of memory (once) on windows longer than ``frames_limit``."""
     import smite_core.segment as segment
 
-    real = segment.segment_window
+    real = segment.WindowRunner.run
     calls = {"failed": 0}
 
-    def window(backbone, emb, frames, *args, **kwargs):
+    def window(runner, frames, *args, **kwargs):
         if frames.shape[0] > frames_limit and not calls["failed"]:
             calls["failed"] += 1
             raise RuntimeError("CUDA error: out of memory (injected by the test)")
-        return real(backbone, emb, frames, *args, **kwargs)
+        return real(runner, frames, *args, **kwargs)
 
-    monkeypatch.setattr(segment, "segment_window", window)
+    monkeypatch.setattr(segment.WindowRunner, "run", window)
     return calls
 
 

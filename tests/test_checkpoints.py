@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ldm_layout import UNET_PREFIX, to_ldm_checkpoint
-from smite_core.backbone import read_family_config
+from smite_core.components import read_family_config
 from smite_core.checkpoints import (
     load_checkpoint,
     load_diffusers_folder,

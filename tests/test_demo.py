@@ -17,6 +17,6 @@ def test_demo_writes_everything_and_segments_the_car(tmp_path, capsys):
         assert (out / name).is_file(), name
     assert len(list((out / "segmentation" / "labels").glob("*.png"))) == 24
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["mIoU"] >= 0.6, metrics["mIoU"]  # measured 0.71 (README)
+    assert metrics["mIoU"] >= 0.6, metrics["mIoU"]  # measured 0.71 (docs/quality.md)
     assert "done in" in capsys.readouterr().err
     assert cli.main(["demo", "--out", str(out)]) == 2  # an existing folder is never replaced without --overwrite

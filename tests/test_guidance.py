@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from smite_core.embedding import SegmentEmbedding, build_context
-from smite_core.guidance import (dct3, dct_basis, energy_reg, energy_track, guide_latents, lowpass_mask,
-                                 step_size)
+from smite_core.guidance import (GuidanceEnergy, dct3, dct_basis, energy_reg, energy_track, guide_latents,
+                                 lowpass_mask, step_size)
 from smite_core.inversion import add_noise, encode_frames
-from smite_core.learn import class_weights
+from smite_core.losses import class_weights
 from smite_core.unet_pass import unet_forward
 from smite_core.was import was_inference
 
@@ -68,7 +68,7 @@ def test_energy_track_is_the_weighted_cross_entropy():
 def test_step_size_is_the_per_step_alpha_ratio(tiny_backbone):
     betas = tiny_backbone.scheduler.betas
     assert step_size(tiny_backbone.scheduler, 103, 10.0) == pytest.approx(10 * float(betas[103] / (1 - betas[103])))
-    assert 1.2e-2 < step_size(tiny_backbone.scheduler, 103, 10.0) < 1.6e-2  # about 0.014 (method.md 8.3)
+    assert 1.2e-2 < step_size(tiny_backbone.scheduler, 103, 10.0) < 1.6e-2  # about 0.014 (docs/method.md 8.3)
 
 
 @pytest.fixture(scope="module")
@@ -97,22 +97,28 @@ def test_energy_gradients_reach_the_latent_only(tiny_backbone, window):
     assert all(p.grad is None and not p.requires_grad for p in tiny_backbone.unet.parameters())
 
 
+def _was_of(backbone, embedding, context):
+    """The differentiable maps guide_latents optimises (as segment.WindowRunner gives them)."""
+    return lambda z, t: was_inference(unet_forward(backbone, z, t, context, embedding.num_segments,
+                                                   kv=embedding.kv)[1])
+
+
 def test_guide_latents_moves_the_latent_by_at_most_the_step_and_lowers_e_track(tiny_backbone, window):
     embedding, context, latents, reference = window
+    was_of = _was_of(tiny_backbone, embedding, context)
     labels = torch.roll(reference.argmax(1), 1, dims=2)
     energies = []
-    out = guide_latents(tiny_backbone, embedding, context, latents, 100, reference, labels, track_weight=1.0,
-                        lowpass_weight=0.0, cutoff=0.4, iterations=2, sub_slice=2, step=0.002,
-                        on_energy=lambda n, s, e: energies.append((n, s, e)))
+    out = guide_latents(was_of, latents, 100, reference, labels, GuidanceEnergy(1.0, 0.0, 0.4), iterations=2,
+                        sub_slice=2, step=0.002, on_energy=lambda n, s, e: energies.append((n, s, e)))
     assert out.shape == latents.shape and out.dtype == latents.dtype
     assert [(n, s) for n, s, _ in energies] == [(1, 0), (2, 0), (1, 1), (2, 1)]  # a ragged last slice
     moved = (out - latents).abs()
     assert moved.max() <= 2 * 0.002 * 1.0001 and moved.mean() > 2e-5
     assert energies[1][2] < energies[0][2] and energies[3][2] < energies[2][2]
-    runs = [guide_latents(tiny_backbone, embedding, context, latents[:1], 100, reference[:1], labels[:1],
-                          track_weight=1.0, lowpass_weight=1.0, cutoff=0.999, iterations=1, sub_slice=4, step=0.01)
+    runs = [guide_latents(was_of, latents[:1], 100, reference[:1], labels[:1], GuidanceEnergy(1.0, 1.0, 0.999),
+                          iterations=1, sub_slice=4, step=0.01)
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], latents[:1])  # deterministic
-    still = guide_latents(tiny_backbone, embedding, context, latents, 100, reference, None, track_weight=1.0,
-                          lowpass_weight=0.0, cutoff=0.4, iterations=2, sub_slice=4, step=0.01)
+    still = guide_latents(was_of, latents, 100, reference, None, GuidanceEnergy(1.0, 0.0, 0.4), iterations=2,
+                          sub_slice=4, step=0.01)
     assert torch.equal(still, latents)  # no energy: nothing moves

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from smite_core import memory_budget
+from smite_core import guidance, memory_budget
 from smite_core.memory_budget import available_ram, fit_count, gradient_checkpointing
 
 
@@ -73,8 +73,8 @@ def test_learning_and_segmentation_run_with_denormals_flushed_on_cpu(tiny_backbo
                                 on_step=lambda step, losses: during_learning.append(_flushing()))
     assert during_learning == [True, True] and not _flushing()
     during_windows = []
-    real = S.segment_window
-    monkeypatch.setattr(S, "segment_window", lambda *a, **k: during_windows.append(_flushing()) or real(*a, **k))
+    real = S.WindowRunner.run
+    monkeypatch.setattr(S.WindowRunner, "run", lambda *a, **k: during_windows.append(_flushing()) or real(*a, **k))
     S.segment_frames(tiny_backbone, embedding, image[None].repeat(2, 1, 1, 1), S.SegmentConfig(inflate=False, size=32))
     assert during_windows and all(during_windows)
     assert not _flushing()
@@ -83,7 +83,7 @@ def test_learning_and_segmentation_run_with_denormals_flushed_on_cpu(tiny_backbo
 def test_cpu_keeps_the_configured_batch_and_slice(tiny_backbone):
     assert memory_budget.encode_batch(tiny_backbone, (512, 512), cap=8) == 8
     context = torch.zeros(1, 77, tiny_backbone.context_dim)
-    assert memory_budget.guide_slice(tiny_backbone, (8, 8), context, 3, cap=4) == 4
+    assert guidance.guide_slice(tiny_backbone, (8, 8), context, 3, cap=4) == 4
     assert not memory_budget.checkpointing_wanted(tiny_backbone) and not memory_budget.half_precision(tiny_backbone)
 
 
@@ -153,9 +153,9 @@ def _bench(*args: str, timeout: int) -> dict:
 
 @pytest.mark.slow
 def test_peak_rss_at_64_frames_is_at_most_1_3_times_that_at_16():
-    # working size 192 (the README's numbers; the bound is about growth with length, not the working size)
-    short = _bench("--frames", "16", "--size", "512", "--work-size", "192", timeout=3600)
-    long = _bench("--frames", "64", "--size", "512", "--work-size", "192", timeout=3600)
+    # working size 192 (docs/performance.md's numbers; the bound is about growth with length, not the working size)
+    short = _bench("--frames", "16", "--frame-size", "512", "--size", "192", timeout=3600)
+    long = _bench("--frames", "64", "--frame-size", "512", "--size", "192", timeout=3600)
     assert long["frames"] == 64 and long["windows"] == 7
     assert long["peak_rss_mb"] <= 1.3 * short["peak_rss_mb"], (short["peak_rss_mb"], long["peak_rss_mb"])
 
@@ -164,6 +164,6 @@ def test_peak_rss_at_64_frames_is_at_most_1_3_times_that_at_16():
 @pytest.mark.skipif(os.environ.get("SMITE_LONG_TESTS") != "1",
                     reason="about an hour on 2 CPU cores, more than CI's budget: set SMITE_LONG_TESTS=1")
 def test_a_1000_frame_512_video_stays_within_3_gb():
-    result = _bench("--frames", "1000", "--size", "512", "--work-size", "192", timeout=4 * 3600)
+    result = _bench("--frames", "1000", "--frame-size", "512", "--size", "192", timeout=4 * 3600)
     assert result["frames"] == 1000
     assert result["peak_rss_mb"] <= 3 * 1024, result["peak_rss_mb"]

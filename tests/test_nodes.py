@@ -250,11 +250,12 @@ def test_invert_and_segment_shapes_and_backbone_check(nodes, model, embedding, e
 def test_guides_become_segment_config_fields(nodes):
     from smite_pack_under_test.nodes.segment import make_config
 
-    track = nodes["SMITE_TrackVote"].run("none", 0.25, 7, False)[0]
+    track = nodes["SMITE_TrackVote"].run("static", 0.25, 7, False)[0]
     low = nodes["SMITE_LowPassGuide"].run(3.0, 0.5, 0.9)[0]
     fields = {"window": 8, "overlap": 4, **track.config_fields(), **low.config_fields(), "not_a_field": 1}
     config = make_config(fields)
-    assert (config.tracker, config.track_weight, config.vote_window) == ("none", 0.25, 7)
+    assert (config.tracker, config.track_weight, config.vote_window) == ("static", 0.25, 7)
+    assert config.temporal  # a static TrackVote still votes (only a missing guide means no vote)
     assert (config.lowpass_weight, config.lowpass_cutoff) == (3.0, 0.5)
     with pytest.raises(SmiteError):
         nodes["SMITE_LowPassGuide"].run(1.0, 0.0, 0.9)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from smite_core import pretrain as PT
+from smite_core.tools import pretrain as PT
 from smite_core import procedural as P
 from smite_core.errors import InputError
 
@@ -104,37 +104,6 @@ def test_pretrain_is_deterministic_and_writes_a_loadable_file(tmp_path):
     assert PT.main(["--out", str(tmp_path / "x.bin")]) == 2  # only .safetensors is written
 
 
-def test_part_coloured_distractors_are_background_in_part_colours():
-    images, labels, _ = P.make_references("flower", PT.SEED_BASE, 1, (128, 128))
-    image, lab = images[0], labels[0]
-    a_img, a_lab = PT.part_coloured_distractors(image, lab, 7)
-    b_img, b_lab = PT.part_coloured_distractors(image, lab, 7)
-    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)  # deterministic per seed
-    assert not np.array_equal(a_img, PT.part_coloured_distractors(image, lab, 8)[0])
-    assert set(np.unique(a_lab[a_lab != lab]).tolist()) <= {0}  # covered pixels become background only
-    changed = np.abs(a_img - image).sum(-1) > 0.05
-    assert changed.sum() > 30 and not changed[lab > 0].all()
-    new = changed & (a_lab == 0)
-    part_colours = np.stack([np.median(image[lab == v], 0) for v in np.unique(lab) if v > 0])
-    distractor_colour = np.median(a_img[new], 0)
-    nearest = np.abs(part_colours - distractor_colour).sum(1).min()
-    background_colour = np.median(image[lab == 0], 0)
-    assert nearest < np.abs(background_colour - distractor_colour).sum()  # looks like a part, not the background
-    plain = PT.category_samples("flower", PT.SEED_BASE, 2, 0, 0, 64)  # the default: no distractors
-    every = PT.category_samples("flower", PT.SEED_BASE, 2, 0, 0, 64, distractor_share=1.0)
-    assert all(not np.array_equal(p["image"], e["image"]) for p, e in zip(plain, every))
-
-
-def test_distractor_share_reaches_the_category_pictures_only():
-    small = dict(seed=0, minutes=0.2, size=48, stills_per_category=1, videos_per_category=0, generic_scenes=1,
-                 generic_images=0, threads=1)
-    plain = PT.build_dataset(PT.PretrainConfig(**small), say=lambda _: None)
-    every = PT.build_dataset(PT.PretrainConfig(**small, distractor_share=1.0), say=lambda _: None)
-    for p, e in zip(plain, every):
-        same = np.array_equal(p["image"], e["image"])
-        assert same == (p["kind"] == "generic"), p["kind"]
-
-
 def test_denoiser_crops_larger_than_the_small_scale_use_only_the_pictures_they_fit():
     messages = []
     config = PT.PretrainConfig(seed=0, minutes=0.2, size=64, vae_steps=1, unet_steps=7, unet_batch=1, final_batch=1,
@@ -155,8 +124,7 @@ def test_shipped_weights_come_from_the_documented_command_and_current_defaults()
     weights = resources.files("smite_core") / "weights"
     with safe_open(str(weights / "tiny.safetensors"), "pt") as f:
         recorded = json.loads(f.metadata()["pretrain"])
-    recorded.setdefault("distractor_share", 0.0)  # the shipped weights predate the option (same as 0)
-    command = re.search(r"python -m smite_core\.pretrain (.+)", (weights / "README.md").read_text()).group(1)
+    command = re.search(r"python -m smite_core\.tools\.pretrain (.+)", (weights / "README.md").read_text()).group(1)
     minutes = float(re.search(r"--minutes (\S+)", command).group(1))
     seed = int(re.search(r"--seed (\S+)", command).group(1))
     config = dataclasses.asdict(PT.PretrainConfig(seed=seed, minutes=minutes))

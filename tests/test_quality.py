@@ -1,7 +1,10 @@
 """Quality floors of the shipped tiny backbone on held-out procedural videos (these can fail).
 
-The floors sit a little below what was measured (README "Quality"); a regression in the backbone,
-the learning defaults or the WAS maps shows up here.
+The floors sit a little below what was measured (docs/quality.md); a regression in the backbone,
+the learning defaults, the WAS maps or the temporal stages shows up here. The whole suite (1 and 3
+shots, both methods, two videos per category) is a benchmark command, ``smite bench --quality``,
+whose numbers are in docs/quality.md; CI runs the 1-shot full method on the first video of each
+category (about a third of the suite's time).
 """
 
 import os
@@ -9,20 +12,20 @@ import os
 import pytest
 import torch
 
-from smite_core import quality as Q
 from smite_core.backbone import build_tiny_components
+from smite_core.procedural import CATEGORIES
+from smite_core.tools import quality as Q
 
 pytestmark = pytest.mark.skipif(not build_tiny_components().extra["trained"],
                                 reason="the trained tiny weights are not shipped in this checkout")
 
 # Measured with the shipped weights; the floors keep a margin for platform differences.
 FAST_FLOOR = 0.52  # measured 0.571 (car 0.632, bird 0.510); 0.487 with bilinear upsampling
-SUITE_FLOOR_1SHOT = 0.68  # measured 0.701 (the first video of each category; README, Quality)
-SUITE_FLOOR_3SHOT = 0.69  # measured 0.713 (300 learning steps per reference)
+SUITE_FLOOR_1SHOT = 0.68  # measured 0.701 (full method, the first video of each category; docs/quality.md)
 
 
 def test_suite_cases_are_deterministic_and_disjoint_from_pretraining():
-    from smite_core.pretrain import SEED_BASE
+    from smite_core.tools.pretrain import SEED_BASE
 
     a, b = Q.make_case("fish", 2, 0, frames=3, size=64), Q.make_case("fish", 2, 0, frames=3, size=64)
     assert torch.equal(a.references.images[0], b.references.images[0])
@@ -41,13 +44,16 @@ def test_one_shot_floor_on_a_heldout_video(tiny_backbone):
 
 
 @pytest.mark.slow
-def test_suite_floors(tiny_backbone):
-    """The whole suite (all categories, 1 and 3 shots, full method) stays above its floors."""
+def test_one_shot_suite_floor(tiny_backbone):
+    """1 shot, full method, all six categories (the held-out one included): the mean stays above its floor,
+    and no category collapses (a broken stage drops the mean to about 0.3, a broken category below 0.3)."""
     workers = 2 if (os.cpu_count() or 1) >= 2 else 1  # one-thread processes side by side: about half the time
-    result = Q.run_quality(tiny_backbone, shots=(1, 3), methods=("full",), say=print, workers=workers)
+    result = Q.run_quality(tiny_backbone, shots=(1,), methods=("full",), say=print, workers=workers)
+    assert len(result.rows) == len(CATEGORIES)
     assert result.mean(1, "full")["mIoU"] >= SUITE_FLOOR_1SHOT
-    assert result.mean(3, "full")["mIoU"] >= SUITE_FLOOR_3SHOT
+    assert min(row["mIoU"] for row in result.rows.values()) >= CATEGORY_FLOOR
 
 
 FAST_FRAMES = 6
 FAST_STEPS = 60
+CATEGORY_FLOOR = 0.40  # the weakest category measured 0.487 (flower) over both videos

@@ -137,7 +137,7 @@ def test_each_frame_is_vae_encoded_once(tiny_backbone, embedding, monkeypatch):
 
 
 def test_tiny_backbone_learns_at_192_and_segments_at_256(tiny_backbone):
-    """The tiny backbone's maps are finer at 256 px (README "Quality"); SD keeps one resolution."""
+    """The tiny backbone's maps are finer at 256 px (docs/quality.md); SD keeps one resolution."""
     from dataclasses import replace
 
     from smite_core.inversion import working_size

@@ -98,18 +98,18 @@ def test_the_overlap_carries_the_previous_window(tiny_backbone, embedding):
     seen = []
     import smite_core.segment as segment_module
 
-    original = segment_module.segment_window
+    original = segment_module.WindowRunner.run
 
-    def spy(*args, **kwargs):
-        seen.append(None if kwargs.get("carry") is None else kwargs["carry"].shape[0])
-        return original(*args, **kwargs)
+    def spy(runner, frames, latents=None, carry=None):
+        seen.append(None if carry is None else carry.shape[0])
+        return original(runner, frames, latents, carry)
 
     try:
-        segment_module.segment_window = spy
+        segment_module.WindowRunner.run = spy
         list(segment_stream(tiny_backbone, embedding, FrameSource.from_tensor(moving_video(10)),
                             SegmentConfig(size=32, window=4, overlap=2, **PLAIN)))
     finally:
-        segment_module.segment_window = original
+        segment_module.WindowRunner.run = original
     assert seen == [None, 2, 2, 2]
 
 
@@ -133,7 +133,7 @@ def test_smite_vote_cli(tmp_path, capsys):
     (tmp_path / "masks" / "segments.json").write_text(json.dumps(["background", "thing", "noise"]))
     out = tmp_path / "voted"
     assert main(["vote", "--video", str(tmp_path / "video"), "--labels", str(tmp_path / "masks"), "--out", str(out),
-                 "--tracker", "none", "--overlay", "gif"]) == 0
+                 "--tracker", "static", "--overlay", "gif"]) == 0
     names = sorted(p.name for p in (out / "labels").iterdir())
     assert names == [f"m{t:03d}.png" for t in range(8)]  # the input's names
     voted = np.stack([read_label_png(out / "labels" / n) for n in names])
@@ -182,45 +182,3 @@ def test_segment_cli_accepts_the_temporal_flags(tmp_path):
     assert main(common + ["--out", str(tmp_path / "b"), "--track-weight", "-1"]) == 2
     assert main(common + ["--out", str(tmp_path / "b"), "--tracker", "cotracker"]) == 2
     assert not (tmp_path / "b").exists()
-
-
-# ----------------------------------------------------------------------------- crop-and-zoom refinement
-
-
-def test_refine_box_crop_and_paste():
-    from smite_core.refine import crop_frames, crop_was, foreground_box, paste_was
-
-    was = torch.zeros(2, 3, 8, 8)
-    was[:, 0] = 1.0
-    was[0, 1, 2:4, 3:5] = 2.0  # foreground cells: rows 2-3, cols 3-4 in frame 0
-    was[1, 2, 5, 6] = 2.0  # and row 5, col 6 in frame 1
-    box = foreground_box(was, margin=0.0)
-    assert box == (2 / 8, 3 / 8, 6 / 8, 7 / 8)  # the union over the window's frames
-    assert foreground_box(torch.zeros(1, 2, 4, 4)) is None  # all background: nothing to zoom into
-    frames = torch.arange(16 * 16 * 3, dtype=torch.float32).reshape(1, 16, 16, 3)
-    assert torch.equal(crop_frames(frames, box), frames[:, 4:12, 6:14])
-    fine = torch.rand(2, 3, 4, 4) + 1
-    canvas = paste_was(fine, box, (16, 16))
-    assert canvas.shape == (2, 3, 16, 16)
-    assert (canvas[:, :, 4:12, 6:14].argmax(1) == F_interp(fine, (8, 8)).argmax(1)).all()
-    outside = torch.ones(16, 16, dtype=torch.bool)
-    outside[4:12, 6:14] = False
-    assert (canvas.argmax(1)[:, outside] == 0).all()  # background wins outside the box
-    flat = (torch.rand(2, 3, 1, 1) + 1).expand(2, 3, 4, 4)  # spatially constant maps survive the round trip
-    assert torch.allclose(crop_was(paste_was(flat, box, (16, 16)), box, (4, 4)), flat, atol=1e-5)
-
-
-def F_interp(x, size):
-    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def test_refine_crop_segments_on_a_finer_grid(tiny_backbone, embedding):
-    from conftest import blob_reference
-
-    image, _ = blob_reference(32)
-    video = image[None].repeat(5, 1, 1, 1)
-    config = SegmentConfig(size=32, window=4, overlap=2, refine_crop=True)
-    got = list(segment_stream(tiny_backbone, embedding, FrameSource.from_tensor(video), config))
-    side = 2 * 32 // tiny_backbone.latent_factor
-    assert [i for i, _ in got] == list(range(5))
-    assert all(m.shape == (3, side, side) and torch.isfinite(m).all() for _, m in got)

@@ -10,7 +10,7 @@ from smite_core.voting import vote_tracks, vote_video, window_offsets
 
 
 def naive_vote(maps, tracks, window):
-    """Algorithm 1 of method.md as plain loops (the reference code's form)."""
+    """Algorithm 1 of docs/method.md as plain loops (the reference code's form)."""
     frames, k, h, w = maps.shape
     before, after = window_offsets(window)
     out = torch.zeros(len(tracks.query_frames), k, h, w)
@@ -78,7 +78,7 @@ def test_clipped_windows_on_short_and_long_videos(frames):
     g = torch.Generator().manual_seed(frames)
     video = torch.rand(frames, 8, 8, 3, generator=g)
     labels = torch.randint(0, 3, (frames, 6, 6), generator=g)
-    out = vote_video(video, labels, tracker="none", window=15)
+    out = vote_video(video, labels, tracker="static", window=15)
     assert out.shape == labels.shape and out.dtype == labels.dtype
     before, after = window_offsets(15)
     for i in (0, frames // 2, frames - 1):  # the static vote is the per-pixel mode over the clipped window
@@ -95,10 +95,10 @@ def test_vote_video_removes_a_flicker_and_keeps_maps_and_labels_kinds():
     labels[:, 4:12, 4:12] = 1
     flickered = labels.clone()
     flickered[4, 0:3, 0:3] = 2  # a blob in one frame only
-    out = vote_video(video, flickered, tracker="none")
+    out = vote_video(video, flickered, tracker="static")
     assert out.dtype == torch.uint8 and torch.equal(out, labels)
     maps = torch.nn.functional.one_hot(flickered.long(), 3).permute(0, 3, 1, 2).float()
-    voted = vote_video(video, maps, tracker="none")
+    voted = vote_video(video, maps, tracker="static")
     assert voted.shape == maps.shape and voted.dtype == maps.dtype
     assert torch.equal(voted.argmax(1), labels.long())
 
@@ -110,7 +110,7 @@ def test_large_label_maps_vote_on_a_grid_and_keep_their_detail():
     labels[:, 20, 20] = 2  # a one-pixel detail present in every frame
     flickered = labels.clone()
     flickered[2, 40:64, 40:64] = 3  # a large blob in one frame
-    out = vote_video(video, flickered, tracker="none", max_grid=16)  # 4x4 pixels per voting cell
+    out = vote_video(video, flickered, tracker="static", max_grid=16)  # 4x4 pixels per voting cell
     assert out.shape == labels.shape
     assert torch.equal(out[:, 20, 20], torch.full((5,), 2))  # unchanged cells keep their own pixels
     assert (out[2] == 3).sum() == 0
@@ -118,7 +118,7 @@ def test_large_label_maps_vote_on_a_grid_and_keep_their_detail():
 
 def test_flow_voting_reduces_flicker_on_a_moving_procedural_video():
     from smite_core.procedural import make_video
-    from smite_core.quality import score
+    from smite_core.tools.quality import score
 
     size = 192
     video = make_video("car", 11, 10, (size, size), occluder=False)
@@ -133,7 +133,7 @@ def test_flow_voting_reduces_flicker_on_a_moving_procedural_video():
     after = score(video, out)
     assert after["flicker"] < 0.6 * before["flicker"]
     assert after["mIoU"] > before["mIoU"] - 0.01
-    static = score(video, vote_video(torch.from_numpy(video.frames), torch.from_numpy(noisy), tracker="none").numpy())
+    static = score(video, vote_video(torch.from_numpy(video.frames), torch.from_numpy(noisy), tracker="static").numpy())
     assert after["mIoU"] > static["mIoU"]  # following the motion beats voting at the same pixel
 
 

@@ -1,6 +1,6 @@
 """Pre-training of the embedded tiny backbone on procedural images (no downloads, CPU).
 
-``python -m smite_core.pretrain --out smite_core/weights/tiny.safetensors [--minutes M] [--seed S]``
+``python -m smite_core.tools.pretrain --out smite_core/weights/tiny.safetensors [--minutes M] [--seed S]``
 
 The tiny backbone has Stable Diffusion's structure and mechanics (``AutoencoderKL`` with scaling
 factor 0.18215, ``UNet2DConditionModel`` with cross-attention, a CLIP text encoder with a 77-token
@@ -12,9 +12,9 @@ Training, all deterministic per seed:
    ``SEED_BASE`` upward (the quality suite uses seeds below it), ``procedural.generic_image``
    pictures, and generic scenes (:func:`generic_scene`: random textured shapes, alone or in touching
    groups, on the procedural cluttered backgrounds) whose shapes are described by colour, texture
-   and shape words. Generic pictures are about half of the data. Optionally (``distractor_share``,
-   off by default: it lowered the quality suite, see the README) category pictures also get
-   background shapes in the colours of their parts (:func:`part_coloured_distractors`).
+   and shape words. Generic pictures are about half of the data. (Background shapes in the colours
+   of a category's parts, "part-coloured distractors", were tried and lowered the quality suite;
+   see docs/experiments.md.)
 2. **VAE**: L1 + image-gradient L1 reconstruction + a small KL on random crops; afterwards the
    latent is rescaled so that ``scaling_factor * latent`` has unit standard deviation.
 3. **Text encoder + UNet** on VAE latent crops: the epsilon-prediction loss with captions
@@ -46,8 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import procedural as P
-from .errors import InputError
+from smite_core import procedural as P
+from smite_core.errors import InputError
+from smite_core.procedural.geometry import blob, ellipse, poly, rotate, rrect, star, stroke, translate, uniform
+from smite_core.procedural.parts import Part, render_part, warp_into
+from smite_core.procedural.scene import apply_light, make_background, sample_light
+from smite_core.procedural.texture import random_texture
 
 SEED_BASE = 1_000_000  # pre-training seeds are SEED_BASE + ...; evaluation seeds stay below it
 IGNORE = -1  # region id of pixels no loss looks at
@@ -62,7 +66,7 @@ EXTRA_WORDS = ("with",)
 
 def vocabulary() -> list[str]:
     """The tiny tokenizer's words in id order (specials first); every word is used in training."""
-    from .tokenizer import SPECIALS
+    from smite_core.tokenizer import SPECIALS
 
     parts = sorted({p for c in P.TRAIN_CATEGORIES for p in P.CATEGORY_PARTS[c]})
     return [*SPECIALS, *EXTRA_WORDS, *COLOURS, *TEXTURE_WORDS.values(), *SHAPE_WORDS, *P.TRAIN_CATEGORIES, *parts]
@@ -92,44 +96,44 @@ def region_colour(image: np.ndarray, mask: np.ndarray) -> str:
 
 def _shape_part(rng, r: float, unit: float):
     """A generic textured shape of radius about ``r`` and its shape word."""
-    u = P._u
+    u = uniform
     kind = int(rng.integers(9))
     if kind == 0:
         ar = u(rng, .4, 1)
-        prims, word = [P._poly(P._ellipse(0, 0, r, r * ar, u(rng, 0, 180)))], "circle" if ar > .85 else "oval"
+        prims, word = [poly(ellipse(0, 0, r, r * ar, u(rng, 0, 180)))], "circle" if ar > .85 else "oval"
     elif kind == 1:
         ar = u(rng, .3, 1)
-        pts = P._rrect(-r, -r * ar, r, r * ar, r * u(rng, 0, .3)) @ P._R(u(rng, 0, 90))[:2, :2].T
-        prims, word = [P._poly(pts)], "square" if ar > .85 else "rectangle"
+        pts = rrect(-r, -r * ar, r, r * ar, r * u(rng, 0, .3)) @ rotate(u(rng, 0, 90))[:2, :2].T
+        prims, word = [poly(pts)], "square" if ar > .85 else "rectangle"
     elif kind == 2:
-        prims, word = [P._poly(P._star(0, 0, r, r * u(rng, .35, .6), int(rng.integers(4, 9)), u(rng, 0, 90)))], "star"
+        prims, word = [poly(star(0, 0, r, r * u(rng, .35, .6), int(rng.integers(4, 9)), u(rng, 0, 90)))], "star"
     elif kind == 3:
-        prims, word = [P._poly(P._blob(rng, 0, 0, r * .85, u(rng, .2, .6)))], "blob"
+        prims, word = [poly(blob(rng, 0, 0, r * .85, u(rng, .2, .6)))], "blob"
     elif kind == 4:
         a = u(rng, 0, 2 * np.pi) + np.array([0, 2.1, 4.2]) + rng.uniform(-.3, .3, 3)
-        prims, word = [P._poly(np.stack([r * np.cos(a), r * np.sin(a)], 1))], "triangle"
+        prims, word = [poly(np.stack([r * np.cos(a), r * np.sin(a)], 1))], "triangle"
     elif kind == 5:
         n = int(rng.integers(5, 8))
         a = np.linspace(0, 2 * np.pi, n, endpoint=False) + u(rng, 0, 1)
-        prims, word = [P._poly(np.stack([r * np.cos(a), r * np.sin(a)], 1))], "polygon"
+        prims, word = [poly(np.stack([r * np.cos(a), r * np.sin(a)], 1))], "polygon"
     elif kind == 6:
-        pts = P._ellipse(0, 0, r * .8, r * u(rng, .5, .8), u(rng, 0, 180), n=40)
-        prims, word = [P._stroke(np.concatenate([pts, pts[:1]]), max(r * u(rng, .15, .3), 2.0))], "ring"
+        pts = ellipse(0, 0, r * .8, r * u(rng, .5, .8), u(rng, 0, 180), n=40)
+        prims, word = [stroke(np.concatenate([pts, pts[:1]]), max(r * u(rng, .15, .3), 2.0))], "ring"
     else:
         n = int(rng.integers(2, 4))
         pts = np.cumsum(rng.uniform(-r, r, (n, 2)), 0)
-        prims, word = [P._stroke(pts - pts.mean(0), max(r * u(rng, .15, .3), 2.5))], "line"
+        prims, word = [stroke(pts - pts.mean(0), max(r * u(rng, .15, .3), 2.5))], "line"
     ext = (-1.6 * r - 20.0, 1.6 * r + 20.0)
-    part = P._Part(0, prims, P._random_texture(rng, unit, radius=r, extent=ext), bevel=r * u(rng, .05, .3),
-                   outline=u(rng, 0, .4))
+    part = Part(0, prims, random_texture(rng, unit, radius=r, extent=ext), bevel=r * u(rng, .05, .3),
+                outline=u(rng, 0, .4))
     return part, word
 
 
 def _composite(image: np.ndarray, labels: np.ndarray, part, M: np.ndarray, label: int) -> bool:
     """Render ``part``, place it with the 3x3 matrix ``M`` and alpha-blend it into ``image`` (float
     ``[H,W,3]``, in place); pixels it covers (alpha > 0.5) get ``label``. False when it misses the picture."""
-    patch, L = P._render_part(part, 1.0)
-    res = P._warp_into(patch, M @ L, *labels.shape)
+    patch, L = render_part(part, 1.0)
+    res = warp_into(patch, M @ L, *labels.shape)
     if res is None:
         return False
     y0, x0, out = res
@@ -149,9 +153,9 @@ def generic_scene(seed: int, size: int = 256) -> dict:
     "regions": [{"colour", "texture", "shape"}, ...]}``. No benchmark category is drawn.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6E5C]))
-    u = P._u
+    u = uniform
     m = 8
-    img = np.ascontiguousarray(P._make_background(rng, size + 2 * m, size + 2 * m, size / 256)[m:-m, m:-m])
+    img = np.ascontiguousarray(make_background(rng, size + 2 * m, size + 2 * m, size / 256)[m:-m, m:-m])
     seg = np.zeros((size, size), np.int16)
     regions = []
 
@@ -166,12 +170,12 @@ def generic_scene(seed: int, size: int = 256) -> dict:
             r = r0 * (1.0 if k == 0 else u(rng, .35, .75))
             off = np.zeros(2) if k == 0 else rng.uniform(-1, 1, 2) * r0
             part, word = _shape_part(rng, r, size / 256)
-            stamp(part, word, P._T(cx, cy) @ P._R(ang) @ P._T(*off) @ P._R(u(rng, 0, 360)))
+            stamp(part, word, translate(cx, cy) @ rotate(ang) @ translate(*off) @ rotate(u(rng, 0, 360)))
     for _ in range(int(rng.integers(0, 4))):
         part, word = _shape_part(rng, u(rng, .05, .14) * size, size / 256)
-        stamp(part, word, P._T(u(rng, 0, size), u(rng, 0, size)))
+        stamp(part, word, translate(u(rng, 0, size), u(rng, 0, size)))
     X, Y = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32))
-    img = P._apply_light(img, P._sample_light(rng, True), 0.0, X, Y, rng)
+    img = apply_light(img, sample_light(rng, True), 0.0, X, Y, rng)
     keep = []
     for i, region in enumerate(regions, start=1):
         mask = seg == i
@@ -184,39 +188,9 @@ def generic_scene(seed: int, size: int = 256) -> dict:
     return {"image": img, "seg": seg, "regions": keep, "kind": "generic"}
 
 
-def part_coloured_distractors(image: np.ndarray, labels: np.ndarray, seed: int, count: tuple[int, int] = (1, 4)
-                              ) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of ``image`` / ``labels`` with a few background shapes in the colours of the parts.
-
-    ``image`` float32 ``[H,W,3]`` 0..1, ``labels [H,W]`` (0 = background). Each distractor is a generic
-    textured shape (:func:`_shape_part`) whose texture takes the median colour of a random visible part,
-    centred on a background pixel; the pixels it covers are labelled 0. So a part's word can only be
-    told from a look-alike by its shape and its place in the object, not by its colour.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD157]))
-    image, labels = image.copy(), labels.copy()
-    H, W = labels.shape
-    parts = [int(v) for v in np.unique(labels) if v > 0 and (labels == v).sum() >= 12]
-    background = np.argwhere(labels == 0)
-    if not parts or not len(background):
-        return image, labels
-    unit = min(H, W) / 256
-    for _ in range(int(rng.integers(count[0], count[1]))):
-        part_colour = np.median(image[labels == parts[int(rng.integers(len(parts)))]], axis=0)
-        part, _ = _shape_part(rng, P._u(rng, .04, .12) * min(H, W), unit)
-        part.tex.c1 = np.clip(part_colour * rng.uniform(0.9, 1.1, 3), 0, 1).astype(np.float32)
-        part.tex.c2 = np.clip(part.tex.c1 * rng.uniform(0.7, 1.2, 3), 0, 1).astype(np.float32)
-        y, x = background[int(rng.integers(len(background)))]
-        _composite(image, labels, part, P._T(float(x), float(y)) @ P._R(P._u(rng, 0, 360)), 0)
-    return image, labels
-
-
 def category_samples(category: str, seed: int, stills: int, videos: int, frames_per_video: int,
-                     size: int = 256, distractor_share: float = 0.0) -> list[dict]:
-    """Annotated stills and video frames of a *training* category (``seg`` = part labels).
-
-    A ``distractor_share`` of the pictures get :func:`part_coloured_distractors`.
-    """
+                     size: int = 256) -> list[dict]:
+    """Annotated stills and video frames of a *training* category (``seg`` = part labels)."""
     if category not in P.TRAIN_CATEGORIES:
         raise InputError(f"category {category!r}: only training categories may be used for pre-training")
     pictures = []
@@ -225,13 +199,7 @@ def category_samples(category: str, seed: int, stills: int, videos: int, frames_
     for v in range(videos):
         video = P.make_video(category, seed + 1 + v, num_frames=frames_per_video * 4, size=(size, size))
         pictures += [(video.frames[t], video.labels[t]) for t in range(0, frames_per_video * 4, 4)]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
-    out = []
-    for j, (image, lab) in enumerate(pictures):
-        if rng.random() < distractor_share:
-            image, lab = part_coloured_distractors(image, lab, seed * 1000 + j)
-        out.append(_category_record(category, image, lab, names))
-    return out
+    return [_category_record(category, image, lab, names) for image, lab in pictures]
 
 
 def _category_record(category, image, labels, names) -> dict:
@@ -299,7 +267,6 @@ class PretrainConfig:
     frames_per_video: int = 4
     generic_scenes: int = 1500
     generic_images: int = 250
-    distractor_share: float = 0.0  # share of category pictures with part-coloured background shapes (0.5 was worse)
     vae_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 2e-3
@@ -347,11 +314,10 @@ def build_dataset(config: PretrainConfig, say: Callable[[str], None] = print) ->
     for c in P.TRAIN_CATEGORIES:
         for chunk in range(0, n_still, 20):
             jobs.append(lambda c=c, chunk=chunk: category_samples(c, base + chunk, min(20, n_still - chunk), 0, 0,
-                                                                  config.size, config.distractor_share))
+                                                                  config.size))
         for v in range(0, n_video, 4):
             jobs.append(lambda c=c, v=v: category_samples(c, base + 5000 + 10 * v, 0, min(4, n_video - v),
-                                                          config.frames_per_video, config.size,
-                                                          config.distractor_share))
+                                                          config.frames_per_video, config.size))
     for s in range(0, n_scene, 25):
         jobs.append(lambda s=s: [generic_scene(base + i, config.size) for i in range(s, min(n_scene, s + 25))])
     for s in range(0, n_generic, 25):
@@ -427,14 +393,15 @@ def normalise_latent_scale(vae, latents_mean: torch.Tensor) -> float:
 def encode_records(vae, records: list[dict], scales: tuple[int, ...], batch: int = 16) -> list[torch.Tensor]:
     """Scaled latent means (fp16 ``[4,h,w]``) of every picture, record ``i`` resized to
     ``scales[i % len(scales)]`` first (antialiased bilinear, as ``inversion.prepare_frames``)."""
-    from .inversion import prepare_frames
+    from smite_core.inversion import prepare_frames
 
     out: list[torch.Tensor | None] = [None] * len(records)
     for j, side in enumerate(scales):
         index = list(range(j, len(records), len(scales)))
         for s in range(0, len(index), batch):
             chunk = index[s:s + batch]
-            x = prepare_frames(torch.from_numpy(np.stack([records[i]["image"] for i in chunk])).float() / 255, (side, side))
+            images = torch.from_numpy(np.stack([records[i]["image"] for i in chunk])).float() / 255
+            x = prepare_frames(images, (side, side))
             z = (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).half()
             for i, zi in zip(chunk, z):
                 out[i] = zi
@@ -498,7 +465,7 @@ def cross_attention_loss(ca: torch.Tensor, seg: torch.Tensor, positions: list[di
     ``ca [B,77,h,w]`` head/layer-averaged logits at latent size; ``seg [B,h,w]`` region ids;
     ``positions[b]`` maps region id -> token position. Unnamed regions are ignored.
     """
-    from .learn import class_weights
+    from smite_core.losses import class_weights
 
     losses = []
     for b, where in enumerate(positions):
@@ -517,7 +484,7 @@ def was_inference_loss(ca: torch.Tensor, probs: torch.Tensor, seg: torch.Tensor,
                        positions: list[dict[int, int]]) -> torch.Tensor:
     """Weighted cross-entropy of SMITE's *inference* WAS (``was.was_inference``: thresholded
     background, ``CA~ . SA``, remapped into each token's logit range) against the regions."""
-    from .learn import class_weights
+    from smite_core.losses import class_weights
 
     losses = []
     for b, where in enumerate(positions):
@@ -532,14 +499,16 @@ def was_inference_loss(ca: torch.Tensor, probs: torch.Tensor, seg: torch.Tensor,
         bg = flat[:1]
         weights = torch.cat([bg * (bg > bg.mean()).float(), flat[1:]])
         acc = weights @ probs[b]
-        unit = (acc - acc.amin(1, keepdim=True)) / (acc.amax(1, keepdim=True) - acc.amin(1, keepdim=True)).clamp_min(1e-6)
+        lo_acc, hi_acc = acc.amin(1, keepdim=True), acc.amax(1, keepdim=True)
+        unit = (acc - lo_acc) / (hi_acc - lo_acc).clamp_min(1e-6)
         was = unit * (high - low) + low
         w = class_weights(target[valid], len(cols)).clamp(max=50.0)
         losses.append(F.cross_entropy(was.T, target.flatten(), weight=w, ignore_index=IGNORE))
     return torch.stack(losses).mean() if losses else ca.sum() * 0
 
 
-def _crop_origin(rng: np.random.Generator, seg: torch.Tensor, side: int, crop: int, object_centred: bool) -> tuple[int, int]:
+def _crop_origin(rng: np.random.Generator, seg: torch.Tensor, side: int, crop: int,
+                 object_centred: bool) -> tuple[int, int]:
     if object_centred:
         ys, xs = torch.nonzero(seg > 0, as_tuple=True)
         if len(ys):
@@ -554,8 +523,8 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
                    gen: torch.Generator, rng: np.random.Generator, say: Callable[[str], None] = print,
                    crop: int | None = None, batch: int | None = None) -> None:
     """Train the text encoder and UNet (in place) on latent crops; see the module docstring."""
-    from .attention import AttentionRecord, inflated_unet
-    from .was import cross_attention_logits
+    from smite_core.attention import AttentionRecord, inflated_unet
+    from smite_core.was import cross_attention_logits
 
     unet, text_encoder, tokenizer = components.unet, components.text_encoder, components.tokenizer
     scheduler = components.scheduler
@@ -624,14 +593,14 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
 
 def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
     """Run the whole pre-training; returns the trained :class:`~smite_core.backbone.Components`."""
-    from .memory_budget import flushed_denormals
+    from smite_core.memory_budget import flushed_denormals
 
     with flushed_denormals(torch.device("cpu")):  # pre-training runs on the CPU
         return _pretrain(config, say)
 
 
 def _pretrain(config: PretrainConfig, say: Callable[[str], None]):
-    from .backbone import build_tiny_components
+    from smite_core.backbone import build_tiny_components
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -659,13 +628,15 @@ def _pretrain(config: PretrainConfig, say: Callable[[str], None]):
 
 
 def save_weights(components, path: str | Path, overwrite: bool = True) -> Path:
-    """Write the UNet, VAE and text encoder as one fp16 safetensors file (keys ``unet.``, ``vae.``, ``text_encoder.``)."""
+    """Write the UNet, VAE and text encoder as one fp16 safetensors file (keys ``unet.``, ``vae.``,
+    ``text_encoder.``)."""
     from safetensors.torch import save_file
 
-    from .fileio import atomic_path
+    from smite_core.fileio import atomic_path
 
     tensors = {}
-    for prefix, model in (("unet.", components.unet), ("vae.", components.vae), ("text_encoder.", components.text_encoder)):
+    models = (("unet.", components.unet), ("vae.", components.vae), ("text_encoder.", components.text_encoder))
+    for prefix, model in models:
         for k, v in model.state_dict().items():
             if v.is_floating_point():
                 tensors[prefix + k] = v.detach().to("cpu", torch.float16).contiguous()
@@ -679,7 +650,7 @@ def save_weights(components, path: str | Path, overwrite: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smite_core.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m smite_core.tools.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="nominal budget on 2 idle CPU cores (sets the steps; 30, the shipped weights, "

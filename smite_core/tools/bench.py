@@ -5,7 +5,7 @@ clip rendered once and played back and forth, so the test video costs the same m
 length), then runs exactly what ``smite segment`` runs: ``segment.segment_stream`` (lazy decoding,
 VAE, inflated UNet, WAS, tracking, voting, guidance) consumed by ``export.export_segmentation``
 (labels at frame size, label PNGs and the overlay video) into a temporary folder. The stages are
-timed by wrapping the functions those modules call (:func:`instrumented`), restored afterwards;
+timed through the pipeline's profiler hook (``smite_core.profiling``; :class:`StageTimer`);
 each stage gets its *own* time (a UNet forward inside the guidance counts as ``unet``, what is
 left of the guidance - energies, backward pass, latent update - as ``guidance_backward``). Time in
 no stage (noise, DDIM step, window blending) is ``other_s``.
@@ -20,13 +20,12 @@ configurations (``configs/sd2``) built on the meta device (no weights, no memory
 ``torch.utils.flop_counter.FlopCounterMode`` and turns them into frames per second at a stated
 share of a GPU's peak.
 
-Numbers are measured and reported (README "Performance"), never asserted by tests.
+Numbers are measured and reported (docs/performance.md), never asserted by tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import resource
@@ -41,7 +40,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-STAGES = ("decode", "vae_encode", "unet", "was", "tracking", "voting", "guidance_backward", "labels", "write")
+from smite_core.profiling import STAGES, Profiler
+
+BENCH_FRAMES = 16  # frames of the procedural video timed by default
+VOTE_REF_QUERIES = 1024  # queries the Python-loop voting baseline is timed on (scaled to the full problem)
 CLIP_FRAMES = 16  # frames rendered for the procedural test video; longer videos play it back and forth
 VOTE_PROBLEM = {"frames": 16, "classes": 6, "grid": 64, "window": 15}
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets (SXM parts).
@@ -63,97 +65,35 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- stage timing
 
 
-class StageTimer:
-    """Own (exclusive) seconds and call counts per stage of wrapped functions that may nest."""
+class StageTimer(Profiler):
+    """A :class:`~smite_core.profiling.Profiler` that adds up each stage's own (exclusive) seconds, calls
+    and items: time spent in a stage nested inside another is taken off the outer one."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.calls = dict.fromkeys(STAGES, 0)
-        self.items = dict.fromkeys(STAGES, 0)  # frames handled, where a stage's first argument tells
+        self.items = dict.fromkeys(STAGES, 0)  # frames handled, where the pipeline says
         self._children: list[float] = []
 
-    def wrap(self, stage: str, fn: Callable, count: Callable | None = None) -> Callable:
-        """``fn`` timed as ``stage``; ``count(*args)`` -> items handled by one call (optional)."""
-        if stage not in self.seconds:
-            raise ValueError(f"unknown stage {stage!r}")
-
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
+    @contextlib.contextmanager
+    def stage(self, name: str, items: int = 0) -> Iterator[None]:
+        if name not in self.seconds:
+            raise ValueError(f"unknown stage {name!r}")
+        _sync(self.device)
+        start = time.perf_counter()
+        self._children.append(0.0)
+        try:
+            yield
+        finally:
             _sync(self.device)
-            start = time.perf_counter()
-            self._children.append(0.0)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync(self.device)
-                elapsed = time.perf_counter() - start
-                inner = self._children.pop()
-                self.seconds[stage] += elapsed - inner
-                self.calls[stage] += 1
-                if count is not None:
-                    self.items[stage] += int(count(*args, **kwargs))
-                if self._children:
-                    self._children[-1] += elapsed
-
-        return timed
-
-
-@contextlib.contextmanager
-def _patched(targets: list[tuple[object, str, Callable]]) -> Iterator[None]:
-    saved = []
-    try:
-        for owner, name, make in targets:
-            if not hasattr(owner, name):  # a renamed function must fail the bench, not time nothing
-                raise RuntimeError(f"bench: {getattr(owner, '__name__', owner)}.{name} no longer exists")
-            original = getattr(owner, name)
-            saved.append((owner, name, original))
-            setattr(owner, name, make(original))
-        yield
-    finally:
-        for owner, name, original in reversed(saved):
-            setattr(owner, name, original)
-
-
-@contextlib.contextmanager
-def instrumented(timer: StageTimer) -> Iterator[StageTimer]:
-    """Time the pipeline's stages while the block runs, by wrapping the functions that ``segment``,
-    ``guidance`` and ``export`` look up in their module namespaces; everything is restored on exit."""
-    from . import export, guidance, segment
-
-    def tracker_factory(make_tracker):
-        def make(*args, **kwargs):
-            tracker = make_tracker(*args, **kwargs)
-            tracker.track = timer.wrap("tracking", tracker.track)
-            return tracker
-        return make
-
-    def writer_factory(open_writer):
-        @contextlib.contextmanager
-        def opened(*args, **kwargs):
-            with open_writer(*args, **kwargs) as writer:
-                writer.write = timer.wrap("write", writer.write)
-                yield writer
-        return opened
-
-    frames_of = lambda backbone, frames, *a, **k: frames.shape[0]  # noqa: E731
-    wrap = lambda stage, count=None: (lambda fn: timer.wrap(stage, fn, count))  # noqa: E731
-    targets = [
-        (segment, "encode_frames", wrap("vae_encode", frames_of)),
-        (segment, "unet_forward", wrap("unet")),
-        (segment, "was_inference", wrap("was")),
-        (segment, "make_tracker", tracker_factory),
-        (segment, "vote_tracks", wrap("voting")),
-        (segment, "guide_latents", wrap("guidance_backward")),
-        (guidance, "unet_forward", wrap("unet")),
-        (guidance, "was_inference", wrap("was")),
-        (export, "labels_from_was", wrap("labels")),
-        (export, "save_label_png", wrap("write")),
-        (export, "overlay", wrap("write")),
-        (export, "open_video_writer", writer_factory),
-    ]
-    with _patched(targets):
-        yield timer
+            elapsed = time.perf_counter() - start
+            inner = self._children.pop()
+            self.seconds[name] += elapsed - inner
+            self.calls[name] += 1
+            self.items[name] += int(items)
+            if self._children:
+                self._children[-1] += elapsed
 
 
 # ----------------------------------------------------------------------------- test video
@@ -174,8 +114,8 @@ def write_procedural_video(path: str | Path, frames: int, size: int, seed: int =
     Only a ``CLIP_FRAMES`` clip is rendered; longer videos play it forth and back. Returns the
     segment names of the category.
     """
-    from .procedural import make_video
-    from .video_io import open_video_writer
+    from smite_core.procedural import make_video
+    from smite_core.video_io import open_video_writer
 
     clip = make_video("car", seed=seed, num_frames=min(frames, CLIP_FRAMES), size=(size, size))
     n = clip.frames.shape[0]
@@ -188,24 +128,24 @@ def write_procedural_video(path: str | Path, frames: int, size: int, seed: int =
 # ----------------------------------------------------------------------------- pipeline
 
 
-def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", device: str = "auto",
-              dtype: str = "auto", inflate: bool = True, seed: int = 0, work_size: int | None = None,
+def run_bench(frames: int = BENCH_FRAMES, frame_size: int | None = None, model: str = "tiny",
+              device: str = "auto", dtype: str = "auto", inflate: bool = True, seed: int = 0, size: int | None = None,
               video: str | None = None, overlay: str | None = "mp4", voting: bool = True,
-              vote_ref_queries: int | None = 1024, say: Callable[[str], None] = print,
+              vote_ref_queries: int | None = VOTE_REF_QUERIES, say: Callable[[str], None] = print,
               progress_factory: Callable[[str, int, str], Callable[[int, int], None]] | None = None) -> dict:
     """Segment a video (procedural unless ``video``) as ``smite segment`` does and time every stage.
 
-    ``size``: side of the procedural frames (default: the backbone's segmentation size);
-    ``work_size``: the working resolution (default: the same). ``voting``: also run :func:`bench_voting`.
-    ``progress_factory(desc, total, unit)``: a progress callback for the frames (the CLI's bar).
-    Returns a flat dict (see README "Performance" for the keys).
+    ``frame_size``: side of the procedural frames (default: the backbone's segmentation size);
+    ``size``: the working size, as ``smite segment --size`` (default: the same). ``voting``: also run
+    :func:`bench_voting`. ``progress_factory(desc, total, unit)``: a progress callback for the frames
+    (the CLI's bar). Returns a flat dict (docs/performance.md lists the keys).
     """
-    from .backbone import load_backbone
-    from .embedding import SegmentEmbedding
-    from .errors import InputError
-    from .export import export_segmentation
-    from .segment import SegmentConfig, segment_stream, window_spans
-    from .video_io import open_frames
+    from smite_core.backbone import load_backbone
+    from smite_core.embedding import SegmentEmbedding
+    from smite_core.errors import InputError
+    from smite_core.export import export_segmentation
+    from smite_core.segment import SegmentConfig, segment_stream, window_spans
+    from smite_core.video_io import open_frames
 
     if frames < 1:
         raise InputError(f"--frames: must be at least 1 (got {frames})")
@@ -213,10 +153,10 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
     backbone = load_backbone(model, device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     dev = backbone.device
-    side = size or backbone.segment_resolution
+    side = frame_size or backbone.segment_resolution
     if side < 32:
-        raise InputError(f"--size: frames must be at least 32 pixels (got {side})")
-    config = SegmentConfig(inflate=inflate, seed=seed, size=work_size)
+        raise InputError(f"--frame-size: frames must be at least 32 pixels (got {side})")
+    config = SegmentConfig(inflate=inflate, seed=seed, size=size)
     config.validate()
     timer = StageTimer(dev)
     with tempfile.TemporaryDirectory(prefix="smite-bench-") as tmp:
@@ -239,15 +179,14 @@ def run_bench(frames: int = 16, size: int | None = None, model: str = "tiny", de
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             start = time.perf_counter()
-            with instrumented(timer):
-                source.read = timer.wrap("decode", source.read)
-                progress = progress_factory("bench", total_frames, "frame") if progress_factory else None
-                maps = segment_stream(backbone, embedding, source, config, progress=progress, say=say)
-                summary = export_segmentation(Path(tmp) / "out", maps, source, names, overlay_format=overlay)
+            progress = progress_factory("bench", total_frames, "frame") if progress_factory else None
+            maps = segment_stream(backbone, embedding, source, config, progress=progress, say=say, profiler=timer)
+            summary = export_segmentation(Path(tmp) / "out", maps, source, names, overlay_format=overlay,
+                                          profiler=timer)
             _sync(dev)
             total_s = time.perf_counter() - start
     staged = sum(timer.seconds.values())
-    result = {"frames": summary["frames"], "size": side, "work_size": work_size or backbone.segment_resolution,
+    result = {"frames": summary["frames"], "frame_size": side, "size": size or backbone.segment_resolution,
               "device": str(dev), "dtype": str(backbone.dtype).replace("torch.", ""), "model": model,
               "inflate": inflate, "windows": len(window_spans(total_frames, config.window, config.overlap)),
               "load_s": round(load_s, 3), "setup_s": round(setup_s, 3)}
@@ -272,7 +211,7 @@ def voting_problem(frames: int = 16, classes: int = 6, grid: int = 64, seed: int
     Tracks drift with a per-point velocity (up to about half a cell per frame) plus jitter, so some
     leave the grid; about 10 % of the other frames' points are occluded.
     """
-    from .tracking import Tracks, grid_points
+    from smite_core.tracking import Tracks, grid_points
 
     g = torch.Generator().manual_seed(seed)
     maps = torch.randn(frames, classes, grid, grid, generator=g)
@@ -295,7 +234,7 @@ def reference_vote_loop(maps: torch.Tensor, tracks, window: int = 15, queries: l
     counted) so both give the same numbers. ``queries``: flat indices ``qi * N + n`` to vote
     (default all). Returns ``[len(queries), K]``.
     """
-    from .voting import window_offsets
+    from smite_core.voting import window_offsets
 
     frames, k, h, w = maps.shape
     n_points = h * w
@@ -325,12 +264,12 @@ def reference_vote_loop(maps: torch.Tensor, tracks, window: int = 15, queries: l
     return torch.stack(out)
 
 
-def bench_voting(repeats: int = 5, ref_queries: int | None = 1024, seed: int = 0) -> dict:
+def bench_voting(repeats: int = 5, ref_queries: int | None = VOTE_REF_QUERIES, seed: int = 0) -> dict:
     """``vote_ms`` (median of ``repeats``) of :func:`~smite_core.voting.vote_tracks` on the standard
     problem and ``vote_ref_ms`` of :func:`reference_vote_loop`: timed on ``ref_queries`` queries
     spread evenly over all of them and scaled to the full problem (None: the full loop), plus
     the largest difference between the two on the queries both computed."""
-    from .voting import vote_tracks
+    from smite_core.voting import vote_tracks
 
     p = VOTE_PROBLEM
     maps, tracks = voting_problem(p["frames"], p["classes"], p["grid"], seed)
@@ -358,7 +297,7 @@ def bench_voting(repeats: int = 5, ref_queries: int | None = 1024, seed: int = 0
 def _meta_models(family: str = "sd2"):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .backbone import read_family_config
+    from smite_core.components import read_family_config
 
     cfg = read_family_config(family)
     with torch.device("meta"):
@@ -375,7 +314,10 @@ def _count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def sd21_estimate(size: int = 512, num_segments: int = 6, family: str = "sd2", mfu: float = ASSUMED_MFU) -> dict:
+FLOPS_SIZE = 512  # working size of the SD 2.1 estimate (SD's own)
+
+
+def sd21_estimate(size: int = FLOPS_SIZE, num_segments: int = 6, family: str = "sd2", mfu: float = ASSUMED_MFU) -> dict:
     """FLOPs of SMITE on SD 2.1 at ``size`` and the frames per second they allow on an H100 / A100.
 
     Counted with ``FlopCounterMode`` on the meta device (matmuls, convolutions and attention; the
@@ -385,9 +327,9 @@ def sd21_estimate(size: int = 512, num_segments: int = 6, family: str = "sd2", m
     3 x 15 iterations of 4 sub-slices) and a plain pass without guidance. Per window
     ``window - overlap`` frames are new, each VAE-encoded once.
     """
-    from .segment import SegmentConfig
-    from .unet_pass import unet_forward
-    from .was import was_inference
+    from smite_core.segment import SegmentConfig
+    from smite_core.unet_pass import unet_forward
+    from smite_core.was import was_inference
 
     unet, vae, cfg = _meta_models(family)
     backbone = SimpleNamespace(unet=unet, device=torch.device("meta"), dtype=torch.float32)

@@ -18,10 +18,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from smite_core.errors import InputError
 
 SUITE_SEED = 7000  # references use SUITE_SEED + 100 * i, videos SUITE_SEED + 100 * i + 50 (< pretrain.SEED_BASE)
 METHODS = ("per-frame", "full")
+SUITE_FRAMES = 24  # frames per suite video
+SUITE_SHOTS = (1, 3)  # reference counts the suite learns from
 
 
 @dataclass
@@ -35,10 +37,10 @@ class SuiteCase:
     video: object  # procedural.ProceduralVideo
 
 
-def make_case(category: str, shots: int, index: int = 0, frames: int = 24, size: int = 256) -> SuiteCase:
+def make_case(category: str, shots: int, index: int = 0, frames: int = SUITE_FRAMES, size: int = 256) -> SuiteCase:
     """The suite's case ``index`` of ``category`` with ``shots`` references (deterministic)."""
-    from .procedural import make_references, make_video
-    from .references import reference_set_from_label_maps
+    from smite_core.procedural import make_references, make_video
+    from smite_core.references import reference_set_from_label_maps
 
     seed = SUITE_SEED + 100 * index
     images, labels, names = make_references(category, seed, shots, (size, size))
@@ -50,7 +52,7 @@ def make_case(category: str, shots: int, index: int = 0, frames: int = 24, size:
 
 def score(video, labels: np.ndarray) -> dict:
     """Metrics of predicted ``labels [T,H,W]`` on a procedural video (flicker along its true motion)."""
-    from .metrics import evaluate_sequence
+    from smite_core.metrics import evaluate_sequence
 
     ids = [f"{t:05d}" for t in range(len(labels))]
     return evaluate_sequence({i: labels[t] for t, i in enumerate(ids)}, {i: video.labels[t] for t, i in enumerate(ids)},
@@ -62,9 +64,9 @@ def run_case(backbone, case: SuiteCase, methods=METHODS, learn_overrides: dict |
              progress: Callable[[int, int], None] | None = None, edge_aware: bool = True) -> dict:
     """Learn on the case's references and segment its video with each method: ``{method: metrics}``
     (masks upsampled along the frames' edges unless ``edge_aware`` is False)."""
-    from .learn import LearnConfig, learn_embedding
-    from .segment import SegmentConfig, segment_frames
-    from .was import labels_from_was
+    from smite_core.learn import LearnConfig, learn_embedding
+    from smite_core.segment import SegmentConfig, segment_frames
+    from smite_core.was import labels_from_was
 
     config = LearnConfig.for_backbone(backbone, seed=seed, **(learn_overrides or {}))
     started = time.perf_counter()
@@ -95,8 +97,8 @@ class QualityResult:
         return {k: float(np.mean([self.rows[(shots, method, c)][k] for c in cats])) for k in keys} if cats else {}
 
 
-def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames: int = 24, methods=METHODS,
-                learn_overrides: dict | None = None, say: Callable[[str], None] = print,
+def run_quality(backbone, shots=SUITE_SHOTS, categories=None, videos: int = 1, frames: int = SUITE_FRAMES,
+                methods=METHODS, learn_overrides: dict | None = None, say: Callable[[str], None] = print,
                 edge_aware: bool = True, workers: int = 1) -> QualityResult:
     """Run the suite; ``say`` gets one line per case; ``edge_aware`` as in :func:`run_case`.
 
@@ -106,7 +108,7 @@ def run_quality(backbone, shots=(1, 3), categories=None, videos: int = 1, frames
     does not depend on the order in which cases finish. The workers are spawned processes: a script
     that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
     """
-    from .procedural import CATEGORIES
+    from smite_core.procedural import CATEGORIES
 
     categories = list(categories or CATEGORIES)
     for c in categories:
@@ -196,7 +198,7 @@ def _run_in_worker(case: tuple, task: dict) -> dict:
 
 def format_table(result: QualityResult, heldout=None) -> str:
     """A plain-text table: rows shots x method (means), then one line per category."""
-    from .procedural import HELDOUT_CATEGORIES
+    from smite_core.procedural import HELDOUT_CATEGORIES
 
     heldout = set(heldout or HELDOUT_CATEGORIES)
     lines = [f"{'shots':>5s}  {'method':<10s} {'mIoU':>6s} {'J':>6s} {'F':>6s} {'flicker':>8s}"]
