@@ -13,6 +13,7 @@ from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
 from smite_core.learn import LearnConfig, learn_embedding
 from smite_core.references import ReferenceSet
+from smite_core.settings import MAX_SIDE, range_of
 
 from . import host
 from .wires import EMBEDDING, MODEL, REFERENCES, plain
@@ -20,6 +21,7 @@ from .wires import EMBEDDING, MODEL, REFERENCES, plain
 log = logging.getLogger(__name__)
 
 EMBEDDING_EXTENSIONS = (".safetensors",)
+QUICK_STEPS = 200  # the learning node's default: a quick start for one reference (0: 300 per reference)
 
 
 class LearnSegmentEmbedding:
@@ -31,19 +33,20 @@ class LearnSegmentEmbedding:
             "required": {
                 "model": (MODEL, {"tooltip": "The backbone from SMITE Model Loader."}),
                 "references": (REFERENCES, {"tooltip": "Annotated references from SMITE Load References."}),
-                "steps": ("INT", {"default": 200, "min": 0, "max": 20000, "step": 1,
+                "steps": ("INT", {"default": QUICK_STEPS, "min": 0, "max": range_of(LearnConfig, "steps")[1],
                                   "tooltip": "Optimisation steps (one augmented reference per step); 0 = 300 per "
-                                             "reference (the paper's 300 epochs, the CLI's default). 200 is a quick "
-                                             "start for one reference; give more references more steps."}),
+                                             "reference (the paper's 300 epochs, the CLI's default). "
+                                             f"{QUICK_STEPS} is a quick start for one reference; give more references "
+                                             "more steps."}),
                 "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                         "tooltip": "Seed of the augmentations and noise: the same seed gives the same "
                                                    "embedding."}),
                 "train_kv": ("BOOLEAN", {"default": True,
                                          "tooltip": "Also fine-tune the cross-attention K/V weights after the tokens "
                                                     "(the method's second phase). Off: tokens only (smaller file)."}),
-                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
-                                 "tooltip": "Training image side in pixels; 0 = the backbone's resolution (192 for tiny, "
-                                            "512 for SD). Rounded down to the backbone's multiple."}),
+                "size": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16,
+                                 "tooltip": "Training image side in pixels; 0 = the backbone's resolution (192 for "
+                                            "tiny, 512 for SD); a multiple of 16 for tiny, 64 for SD."}),
             },
         }
 
@@ -54,7 +57,7 @@ class LearnSegmentEmbedding:
     CATEGORY = "SMITE/embedding"
     DESCRIPTION = "Learns a segment embedding from the annotated references (progress per step; cancel any time)."
 
-    def learn(self, model, references, steps=200, random_seed=0, train_kv=True, size=0):
+    def learn(self, model, references, steps=QUICK_STEPS, random_seed=0, train_kv=True, size=0):
         config = LearnConfig.for_backbone(model.backbone, steps=int(steps) or None, seed=int(random_seed),
                                           train_kv=bool(train_kv), size=int(size) or None)
         config = config.resolved(len(references.images))
@@ -68,7 +71,8 @@ class LearnSegmentEmbedding:
                 log.warning("SMITE: label id(s) %s appear in no reference; kept as empty segments",
                             ", ".join(map(str, missing)))
             with model.use() as backbone:
-                embedding = learn_embedding(backbone, references, config, progress=report)
+                embedding = learn_embedding(backbone, references, config, progress=report,
+                                            interrupt=host.check_interrupt)
         log.info("SMITE: learned %d segments in %d steps (%.0f s)", embedding.num_segments, config.steps,
                  time.perf_counter() - started)
         return (embedding.to("cpu"),)

@@ -15,6 +15,7 @@ import torch
 from smite_core.checks import require_finite
 from smite_core.errors import InputError
 from smite_core.segment import SegmentConfig
+from smite_core.settings import widget
 from smite_core.tracking import DEFAULT_TRACKER, TRACKERS
 
 from . import host
@@ -59,11 +60,11 @@ class TrackVote:
                     "tooltip": "Point tracker. " + " ".join(f"{name}: {meaning}." for name, meaning in TRACKERS.items())
                                + " A CoTracker3 checkpoint goes in ComfyUI/models/cotracker."}),
                 "track_weight": ("FLOAT", {
-                    "default": DEFAULTS.track_weight, "min": 0.0, "max": 100.0, "step": 0.01,
+                    **widget(SegmentConfig, "track_weight"), "step": 0.01,
                     "tooltip": "Weight of the tracking energy that pulls the latent towards the voted labels during "
                                "denoising. 0: only vote the maps (no latent update)."}),
                 "vote_window": ("INT", {
-                    "default": DEFAULTS.vote_window, "min": 1, "max": 99,
+                    **widget(SegmentConfig, "vote_window"),
                     "tooltip": f"Frames voted over around each frame (the method uses {DEFAULTS.vote_window})."}),
                 "vote_output": ("BOOLEAN", {
                     "default": DEFAULTS.vote_output,
@@ -90,6 +91,7 @@ class TrackVote:
             vote_output=DEFAULTS.vote_output, frames=None, masks=None):
         if tracker not in TRACKERS:
             raise InputError(f"tracker: {tracker!r} is not one of {', '.join(TRACKERS)}")
+        SegmentConfig(track_weight=float(track_weight), vote_window=int(vote_window)).validate()  # the ranges
         checkpoint = None
         if tracker == "cotracker":
             checkpoint = cotracker_checkpoint()
@@ -134,13 +136,13 @@ class LowPassGuide:
         return {
             "required": {
                 "lowpass_weight": ("FLOAT", {
-                    "default": DEFAULTS.lowpass_weight, "min": 0.0, "max": 1000.0, "step": 0.1,
+                    **widget(SegmentConfig, "lowpass_weight"), "step": 0.1,
                     "tooltip": "Weight of the low-pass energy (3-D DCT of the maps against the first pass). 0: off."}),
                 "lowpass_cutoff": ("FLOAT", {
-                    "default": DEFAULTS.lowpass_cutoff, "min": 0.01, "max": 1.0, "step": 0.01,
+                    **widget(SegmentConfig, "lowpass_cutoff"), "step": 0.01,
                     "tooltip": "Share of the spatial frequencies kept (0.4 = the lowest 40 % of rows and columns)."}),
                 "first_step_cutoff": ("FLOAT", {
-                    "default": DEFAULTS.lowpass_first_cutoff, "min": 0.01, "max": 1.0, "step": 0.001,
+                    **widget(SegmentConfig, "lowpass_first_cutoff"), "step": 0.001,
                     "tooltip": "Cutoff at the first guided step (almost everything kept, as in the method)."}),
             },
         }
@@ -154,11 +156,8 @@ class LowPassGuide:
 
     def run(self, lowpass_weight=DEFAULTS.lowpass_weight, lowpass_cutoff=DEFAULTS.lowpass_cutoff,
             first_step_cutoff=DEFAULTS.lowpass_first_cutoff):
-        for name, value in (("lowpass_cutoff", lowpass_cutoff), ("first_step_cutoff", first_step_cutoff)):
-            if not 0 < value <= 1:
-                raise InputError(f"{name}: must be in (0, 1] (got {value})")
-        if lowpass_weight < 0:
-            raise InputError(f"lowpass_weight: must be >= 0 (got {lowpass_weight})")
+        SegmentConfig(lowpass_weight=float(lowpass_weight), lowpass_cutoff=float(lowpass_cutoff),
+                      lowpass_first_cutoff=float(first_step_cutoff)).validate()  # the library's ranges
         return (LowPassSettings(lowpass_weight=float(lowpass_weight), lowpass_cutoff=float(lowpass_cutoff),
                              lowpass_first_cutoff=float(first_step_cutoff)),)
 

@@ -39,7 +39,8 @@ class MaskToVideo:
     OUTPUT_TOOLTIPS = (
         "MASK batch [T,H,W] of the chosen segment, at the frames' size (for GrowMask, compositing, ...).",
         "Every segment in SMITE's palette colours [T,H,W,3] (background black); SMITE Load References reads it back.",
-        "The frames with the segments painted on [T,H,W,3], ready for Create Video / Save Video.",
+        "The frames with the segments painted on and a colour key of their names [T,H,W,3], ready for Create "
+        "Video / Save Video.",
     )
     FUNCTION = "convert"
     CATEGORY = "SMITE/masks"
@@ -61,8 +62,8 @@ class MaskToVideo:
         frames = segments.frames
         if tuple(frames.shape[1:3]) != tuple(labels.shape[1:]):
             raise InputError("segments: frames and labels differ in size")
-        painted = torch.cat([overlay(frames[s:s + CHUNK].float(), labels[s:s + CHUNK], alpha=float(overlay_alpha))
-                             for s in range(0, total, CHUNK)])
+        painted = torch.cat([overlay(frames[s:s + CHUNK].float(), labels[s:s + CHUNK], alpha=float(overlay_alpha),
+                                     names=segments.names) for s in range(0, total, CHUNK)])
         return (mask, label_map, painted)
 
 

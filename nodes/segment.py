@@ -11,8 +11,9 @@ import torch
 from smite_core.checks import require_finite
 from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
-from smite_core.inversion import DEFAULT_TIMESTEPS, encode_frames, working_size
+from smite_core.inversion import DEFAULT_TIMESTEPS, check_timesteps, encode_frames, working_size
 from smite_core.segment import SegmentConfig, segment_frames
+from smite_core.settings import MAX_SIDE, check_side, check_value, widget
 from smite_core.tracking import NO_TRACKING
 from smite_core.was import labels_from_was
 
@@ -69,7 +70,7 @@ class InvertVideo:
                 "model": (MODEL, {"tooltip": "The backbone from SMITE Model Loader."}),
                 "images": ("IMAGE", {"tooltip": "Video frames [T,H,W,3] (e.g. from Load Video + Get Video Components, "
                                                 "or VideoHelperSuite)."}),
-                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
+                "size": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 16,
                                  "tooltip": "Working side in pixels (frames are resized to size x size); 0 = the "
                                             "backbone's (256 for tiny, 512 for SD). Masks always come back at "
                                             "the frames' own size."}),
@@ -92,22 +93,22 @@ class InvertVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, size, timestep_min, timestep_max):
-        if not 0 <= size <= 2048:
-            return f"size: must be 0..2048 (got {size})"
-        if not 1 <= timestep_min <= timestep_max <= 999:
-            return f"timesteps: need 1 <= timestep_min <= timestep_max <= 999 (got {timestep_min}, {timestep_max})"
+        try:
+            check_value("size", size, 0, MAX_SIDE, integer=True)
+            check_timesteps((timestep_min, timestep_max))
+        except InputError as err:
+            return str(err)
         return True
 
     def invert(self, model, images, size=0, random_seed=0, timestep_min=DEFAULT_TIMESTEPS[0],
                timestep_max=DEFAULT_TIMESTEPS[1]):
-        if not 1 <= timestep_min <= timestep_max <= 999:
-            raise InputError(f"timesteps: need 1 <= timestep_min <= timestep_max <= 999 (got {timestep_min}, "
-                             f"{timestep_max})")
+        check_timesteps((timestep_min, timestep_max))
         frames = frames_of(images)
         total = frames.shape[0]
         report = host.progress(total)
         out = []
         with model.use() as backbone:
+            check_side(int(size) or None, backbone.size_multiple)
             hw = working_size(backbone, tuple(frames.shape[1:3]), int(size) or None)
             for start in range(0, total, ENCODE_BATCH):
                 stop = min(total, start + ENCODE_BATCH)
@@ -133,11 +134,11 @@ class InflatedUNetSegment:
                                         "tooltip": "Inflated UNet: self-attention across all frames of a window and "
                                                    "frame-pooled GroupNorm. Off: each frame alone (the paper's "
                                                    "Baseline-I; no tracking or guidance)."}),
-                "window": ("INT", {"default": DEFAULTS.window, "min": 1, "max": 256,
+                "window": ("INT", {**widget(SegmentConfig, "window"),
                                    "tooltip": "Frames per window (memory grows with the square of it)."}),
-                "overlap": ("INT", {"default": DEFAULTS.overlap, "min": 0, "max": 255,
+                "overlap": ("INT", {**widget(SegmentConfig, "overlap"),
                                     "tooltip": "Frames shared by consecutive windows (cross-faded); below window."}),
-                "guide_steps": ("INT", {"default": DEFAULTS.guide_steps, "min": 0, "max": 50,
+                "guide_steps": ("INT", {**widget(SegmentConfig, "guide_steps"),
                                         "tooltip": "Denoising steps during which connected guides optimise the "
                                                    "latent (each costs a few UNet passes). 0: guides only vote."}),
             },
@@ -159,12 +160,10 @@ class InflatedUNetSegment:
 
     @classmethod
     def VALIDATE_INPUTS(cls, window, overlap, guide_steps):
-        if not 1 <= window <= 256:
-            return f"window: must be 1..256 (got {window})"
-        if not 0 <= overlap < window:
-            return f"overlap: must be between 0 and window-1 = {window - 1} (got {overlap})"
-        if not 0 <= guide_steps <= 50:
-            return f"guide_steps: must be 0..50 (got {guide_steps})"
+        try:  # the library's own ranges (smite_core.settings): one definition
+            SegmentConfig(window=window, overlap=overlap, guide_steps=guide_steps).validate()
+        except InputError as err:
+            return str(err)
         return True
 
     def segment(self, model, embedding, latent, inflate=True, window=DEFAULTS.window, overlap=DEFAULTS.overlap,
@@ -188,7 +187,8 @@ class InflatedUNetSegment:
             frames, latents = plain(latent.frames), plain(latent.latents)
             with model.use() as backbone:
                 was = segment_frames(backbone, plain_embedding(embedding), frames, config, progress=report,
-                                     latents=latents, say=lambda message: log.warning("SMITE: %s", message))
+                                     latents=latents, say=lambda message: log.warning("SMITE: %s", message),
+                                     interrupt=host.check_interrupt)
         labels = labels_from_was(was, tuple(latent.frames.shape[1:3]), latent.frames)  # edge-aware
         log.info("SMITE: segmented %d frames into %d segments (%.0f s%s)", total, embedding.num_segments,
                  time.perf_counter() - started, ", guided" if config.temporal else "")

@@ -1,4 +1,4 @@
-"""The ``smite`` command: ``demo``, ``learn``, ``segment``, ``vote``, ``eval``, ``bench``.
+"""The ``smite`` command: ``demo``, ``learn``, ``segment``, ``batch``, ``vote``, ``eval``, ``bench``.
 
 Bad input ends with one line ``error: ...`` naming the file or option at fault and exit code 2;
 nothing is written or overwritten in that case (outputs are checked before any work starts and
@@ -82,6 +82,7 @@ def cmd_learn(args) -> int:
     backbone = _load_backbone(args)
     config = LearnConfig.for_backbone(backbone, steps=args.steps, epochs=args.epochs, seed=args.seed, size=args.size,
                                       train_kv=False if args.tokens_only else None).resolved(len(references))
+    config.validate(backbone)  # the training size against this backbone, before the progress bar starts
     try:
         embedding = learn_embedding(backbone, references, config,
                                     progress=_progress_bar("learning", config.steps, "step"),
@@ -113,6 +114,7 @@ def cmd_segment(args) -> int:
         _say(f"{source.num_frames} frame(s) of {source.width}x{source.height}; segments: {', '.join(embedding.names)}")
         backbone = _load_backbone(args)
         embedding.check_backbone(backbone)
+        config.validate(backbone)  # the working size against this backbone, before any work
         maps = segment_stream(backbone, embedding, source, config,
                               progress=_progress_bar("segmenting", source.num_frames, "frame"),
                               say=lambda message: _say(f"note: {message}"))
@@ -121,6 +123,25 @@ def cmd_segment(args) -> int:
                                       overwrite=args.overwrite, edge_aware=not args.no_edge_aware)
     _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
          + (f" and {summary['overlay']}" if summary["overlay"] else ""))
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from .batch import segment_many
+
+    try:
+        result = segment_many(args.videos, args.embedding, args.out, _segment_config(args), model=args.model,
+                              device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
+                              overlay=None if args.overlay == "none" else args.overlay,
+                              edge_aware=not args.no_edge_aware, workers=args.workers, ray=args.ray,
+                              gpus_per_video=args.gpus_per_video, overwrite=args.overwrite, say=_say)
+    except KeyboardInterrupt:  # segment_many has said what is done and that the same command resumes
+        _say("interrupted")
+        return 130
+    if result.failed:
+        _say(f"{len(result.failed)} video(s) failed: {', '.join(result.failed[:10])}"
+             + (" ..." if len(result.failed) > 10 else "") + f"; their errors are in {result.out / 'batch.json'}")
+        return 1
     return 0
 
 
@@ -159,7 +180,7 @@ def cmd_vote(args) -> int:
     from .errors import InputError
     from .fileio import atomic_dir, check_writable
     from .label_png import read_label_png, save_label_png
-    from .metrics import label_files
+    from .metrics import label_files, read_segment_names
     from .references import natural_key
     from .tracking import make_tracker
     from .video_io import open_frames, open_video_writer, overlay
@@ -196,6 +217,8 @@ def cmd_vote(args) -> int:
             return torch.stack([cache[i] for i in range(a, b)])
 
         segments = Path(args.labels) / "segments.json"
+        key = read_segment_names(segments) if segments.is_file() else []  # the overlay's colour key
+        key += [str(i) for i in range(len(key), num_classes)]
         with atomic_dir(args.out, overwrite=args.overwrite) as tmp, contextlib.ExitStack() as stack:
             (tmp / "labels").mkdir()
             if segments.is_file():
@@ -212,7 +235,7 @@ def cmd_vote(args) -> int:
                     frame = source.read(index, index + 1)
                     shown = torch.nn.functional.interpolate(voted[None, None].float(), size=tuple(frame.shape[1:3]),
                                                             mode="nearest")[0].long()
-                    writer.write(overlay(frame, shown))
+                    writer.write(overlay(frame, shown, names=key))
     _say(f"wrote {len(paths)} label maps to {Path(args.out) / 'labels'} ({changed} pixels changed)")
     return 0
 
@@ -228,6 +251,8 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     if args.quality:
         return _bench_quality(args)
+    if args.batch is not None:
+        return _bench_batch(args)
     from .tools.bench import BENCH_FRAMES, FLOPS_SIZE, format_result, result_line, run_bench, sd21_estimate
 
     if args.vote_ref_queries is not None and args.vote_ref_queries < 0:
@@ -247,6 +272,16 @@ def cmd_bench(args) -> int:
         print(result_line(result))
     else:
         print(format_result(result))
+    return 0
+
+
+def _bench_batch(args) -> int:
+    from .tools.bench import format_result, result_line, run_batch_bench
+
+    result = run_batch_bench(frames=args.batch_frames, workers=args.batch, frame_size=args.frame_size, size=args.size,
+                             model=args.model, device=args.device, dtype=args.dtype, seed=args.seed,
+                             overlay=None if args.overlay == "none" else args.overlay, say=_say)
+    print(result_line(result) if args.json else format_result(result))
     return 0
 
 
@@ -283,16 +318,48 @@ OVERLAYS = ("mp4", "gif", "none")
 LEARN_EXAMPLES = """\
 reference layout: REFS/images/<name>.png|jpg and REFS/labels/<name>.png, paired by name; optional
 REFS/segments.json (a list of names, background first). A label is a single-channel or palette PNG
-whose pixel value is the segment id (0 = background), or a colour-coded RGB PNG (one colour per
-segment, black = background).
+whose pixel value is the segment id (0 = background, 1, 2, ...), or a colour-coded RGB PNG (one flat
+colour per segment, black = background). A black-and-white mask (0/255 or 0/1) is one segment.
 
 examples:
   smite learn --refs refs --out parts.safetensors
   smite learn --refs refs --out parts.safetensors --model sd21.safetensors --device cuda --steps 600"""
+DEMO_EXAMPLES = """\
+examples:
+  smite demo
+  smite demo --out /tmp/smite-demo --frames 48 --overwrite"""
+VOTE_EXAMPLES = """\
+examples:
+  smite vote --video clip.mp4 --labels other-segmenter/labels --out deflickered
+  smite vote --video frames/ --labels masks/ --out voted --tracker static --vote-window 7 --overlay none"""
+EVAL_EXAMPLES = """\
+examples:
+  smite eval --pred clip-parts --gt ground-truth
+  smite eval --pred clip-parts/labels --gt gt/labels --json metrics.json"""
+BENCH_EXAMPLES = """\
+examples:
+  smite bench --frames 64 --json
+  smite bench --quality --shots 1 --categories car,bird --workers 2"""
 SEGMENT_EXAMPLES = """\
 examples:
   smite segment --video clip.mp4 --embedding parts.safetensors --out clip-parts
   smite segment --video frames/ --embedding parts.safetensors --out out --guide-steps 0 --overlay none"""
+BATCH_EXAMPLES = """\
+output: OUT/<video name>/ per video (the 'smite segment' layout) and OUT/batch.json (status, frames,
+seconds and error of each video). Running the same command again skips the complete videos and redoes
+the rest. With --ray, the videos and OUT must be on storage every node can reach.
+
+examples:
+  smite batch --embedding parts.safetensors --videos 'shots/*.mp4' --out parts --workers 2
+  smite batch --embedding parts.safetensors --videos shots.txt --out /shared/parts --ray auto --gpus-per-video 1"""
+
+
+def _span(config_cls, name: str) -> str:
+    """``"1 to 256"``: the range of a config field, for help texts."""
+    from .settings import range_of
+
+    low, high = range_of(config_cls, name)
+    return f"{low:g} to {high:g}"
 
 
 def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -302,8 +369,8 @@ def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.Ar
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny",
-                   help="backbone: 'tiny' (the embedded demo model, default), a diffusers folder, or an SD 1.x/2.x "
-                        ".safetensors file")
+                   help="backbone: 'tiny' (the embedded demo model for the synthetic examples), a diffusers folder, or "
+                        "an SD 1.x/2.x .safetensors file (default tiny)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps "
                                                     "(default auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
@@ -334,7 +401,7 @@ def _add_overlay_arg(p: argparse.ArgumentParser, what: str = "overlay video") ->
 def _add_demo_parser(sub) -> None:
     from . import demo
 
-    p = _parser(sub, "demo", "offline demo: make a procedural example, learn, segment, evaluate")
+    p = _parser(sub, "demo", "offline demo: make a procedural example, learn, segment, evaluate", DEMO_EXAMPLES)
     p.add_argument("--out", default=demo.DEMO_OUT, help=f"output folder (default {demo.DEMO_OUT})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"learning steps (default {demo.DEMO_STEPS}, to fit 3 minutes on 2 CPU cores)")
@@ -363,8 +430,8 @@ def _add_learn_parser(sub) -> None:
                              "reference")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the augmentations and noise (default {d.seed})")
     p.add_argument("--size", type=int, default=None,
-                   help="training image side in pixels (default: the backbone's learning size, 192 for tiny, "
-                        "512 for SD)")
+                   help="training image side in pixels, a multiple of 16 for tiny, 64 for SD (default: the "
+                        "backbone's learning size, 192 for tiny, 512 for SD)")
     p.add_argument("--tokens-only", action="store_true", help="learn only the segment tokens, not cross-attention K/V")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="resumable learning state (.safetensors): saved every --checkpoint-every steps and on "
@@ -378,44 +445,81 @@ def _add_learn_parser(sub) -> None:
 
 
 def _add_segment_parser(sub) -> None:
-    from .segment import SEGMENT_TRACKERS, SegmentConfig
-
-    d = SegmentConfig()
     p = _parser(sub, "segment", "segment a video with a learned embedding", SEGMENT_EXAMPLES)
     p.add_argument("--video", required=True, help="a video file (mp4, mov, webm, mkv, avi, gif) or a folder of frames")
     p.add_argument("--embedding", required=True, help="embedding file from 'smite learn'")
     p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json)")
-    p.add_argument("--window", type=int, default=d.window, help=f"frames per inflated-UNet window (default {d.window})")
+    _add_segmentation_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_backbone_args(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
+    """The segmentation options of ``segment`` and ``batch`` (read back by ``_segment_config``)."""
+    from .segment import SEGMENT_TRACKERS, SegmentConfig
+
+    d = SegmentConfig()
+    p.add_argument("--window", type=int, default=d.window,
+                   help=f"frames per inflated-UNet window (default {d.window}; {_span(SegmentConfig, 'window')})")
     p.add_argument("--overlap", type=int, default=d.overlap,
-                   help=f"frames shared by consecutive windows (default {d.overlap})")
+                   help=f"frames shared by consecutive windows (default {d.overlap}; 0 to window-1)")
     p.add_argument("--no-inflate", action="store_true",
                    help="per-frame segmentation (the paper's Baseline-I: no inflation, tracking, voting or guidance)")
     p.add_argument("--size", type=int, default=None,
-                   help="working size in pixels (default: the backbone's segmentation size, 256 for tiny, 512 for SD)")
+                   help="working size in pixels, a multiple of 16 for tiny, 64 for SD (default: the backbone's "
+                        "segmentation size, 256 for tiny, 512 for SD)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the inversion noise (default {d.seed})")
     _add_tracker_args(p, SEGMENT_TRACKERS)
     p.add_argument("--track-weight", type=float, default=d.track_weight,
-                   help=f"weight of the tracking energy E_track (default {d.track_weight}; 0: off)")
+                   help=f"weight of the tracking energy E_track (default {d.track_weight}; 0: off; "
+                        f"{_span(SegmentConfig, 'track_weight')})")
     p.add_argument("--lowpass-weight", type=float, default=d.lowpass_weight,
-                   help=f"weight of the low-pass DCT energy E_reg (default {d.lowpass_weight:g}; 0: off)")
+                   help=f"weight of the low-pass DCT energy E_reg (default {d.lowpass_weight:g}; 0: off; "
+                        f"{_span(SegmentConfig, 'lowpass_weight')})")
     p.add_argument("--guide-steps", type=int, default=d.guide_steps,
-                   help=f"guided timesteps per window (default {d.guide_steps}; 0: no latent update)")
+                   help=f"guided timesteps per window (default {d.guide_steps}; 0: no latent update; "
+                        f"{_span(SegmentConfig, 'guide_steps')})")
     p.add_argument("--guide-iters", type=int, default=d.guide_iters,
-                   help=f"latent update iterations per guided timestep (default {d.guide_iters})")
+                   help=f"latent update iterations per guided timestep (default {d.guide_iters}; "
+                        f"{_span(SegmentConfig, 'guide_iters')})")
     p.add_argument("--no-vote-output", action="store_true", help="do not vote the final maps along the tracks")
     p.add_argument("--no-edge-aware", action="store_true",
                    help="upsample the maps bilinearly (the paper's way) instead of along the frame's edges")
     _add_overlay_arg(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _add_batch_parser(sub) -> None:
+    from . import batch
+
+    p = _parser(sub, "batch", "segment many videos with one embedding: a local pool of workers or a Ray cluster",
+                BATCH_EXAMPLES)
+    p.add_argument("--embedding", required=True, help="embedding file from 'smite learn'")
+    p.add_argument("--videos", required=True, nargs="+", metavar="VIDEO",
+                   help="video files, frames folders, quoted glob patterns ('shots/*.mp4') or .txt lists of them "
+                        "(one a line)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<video name>/ per video and OUT/batch.json")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"workers, each loading the backbone once (default {batch.DEFAULT_WORKERS}; with --ray: one "
+                        "per GPU slot, or per CPU, of the cluster)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="run on an existing Ray cluster: 'auto' (the one this machine belongs to) or its address "
+                        f"(host:6379, ray://host:10001); default: none, local processes. Needs Ray: {batch.RAY_INSTALL}")
+    p.add_argument("--gpus-per-video", type=float, default=batch.DEFAULT_GPUS, metavar="G",
+                   help=f"with --ray: GPUs each worker asks Ray for (default {batch.DEFAULT_GPUS:g}: one CPU each; "
+                        "0.5: two workers share a GPU)")
+    _add_segmentation_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every video, also complete ones (and replace a batch made with other settings)")
     _add_backbone_args(p)
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_batch)
 
 
 def _add_vote_parser(sub) -> None:
     from .tracking import TRACKERS
     from .voting import DEFAULT_MAX_GRID
 
-    p = _parser(sub, "vote", "temporal vote along point tracks: a flicker filter for any label video")
+    p = _parser(sub, "vote", "temporal vote along point tracks: a flicker filter for any label video", VOTE_EXAMPLES)
     p.add_argument("--video", required=True, help="the video the labels belong to (file or folder of frames)")
     p.add_argument("--labels", required=True, help="folder of label PNGs (or its labels/ subfolder), one per frame")
     p.add_argument("--out", required=True, help="output folder (labels/, overlay video, segments.json if given)")
@@ -429,7 +533,7 @@ def _add_vote_parser(sub) -> None:
 
 
 def _add_eval_parser(sub) -> None:
-    p = _parser(sub, "eval", "score predicted label maps against ground truth")
+    p = _parser(sub, "eval", "score predicted label maps against ground truth (J, F, mIoU, flicker)", EVAL_EXAMPLES)
     p.add_argument("--pred", required=True, help="folder of predicted label PNGs (or its labels/ subfolder)")
     p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs (or its labels/ subfolder)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
@@ -441,7 +545,7 @@ def _add_bench_parser(sub) -> None:
     from .tools import bench, quality
 
     p = _parser(sub, "bench", "time each pipeline stage on a procedural video; --quality: the quality suite; "
-                              "--flops: an SD 2.1 estimate")
+                              "--flops: an SD 2.1 estimate", BENCH_EXAMPLES)
     p.add_argument("--frames", type=int, default=None,
                    help=f"video frames (default {bench.BENCH_FRAMES}; {quality.SUITE_FRAMES} with --quality)")
     p.add_argument("--frame-size", type=int, default=None,
@@ -465,6 +569,13 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--quality", action="store_true",
                    help="procedural quality suite: held-out videos, learn from --shots references, mIoU/J/F/flicker "
                         "per frame and with the full method (docs/quality.md)")
+    batch_workers, batch_frames = ",".join(map(str, bench.BATCH_WORKERS)), ",".join(map(str, bench.BATCH_FRAMES))
+    p.add_argument("--batch", nargs="?", const=batch_workers, default=None, metavar="WORKERS",
+                   help="instead: time 'smite batch' on procedural videos with each of these worker counts (default "
+                        f"{batch_workers}): videos per minute, and with 1 among them the model-load time saved "
+                        "against one 'smite segment' per video")
+    p.add_argument("--batch-frames", default=batch_frames,
+                   help=f"with --batch: frames of each video (default {batch_frames})")
     shots = ",".join(map(str, quality.SUITE_SHOTS))
     p.add_argument("--shots", default=shots, help=f"with --quality: reference counts (default {shots})")
     p.add_argument("--categories", default=None, help="with --quality: comma-separated categories (default: all)")
@@ -485,8 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "learned from 1-10 annotated reference images.")
     parser.add_argument("--version", action="version", version=f"smite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo_parser, _add_learn_parser, _add_segment_parser, _add_vote_parser, _add_eval_parser,
-                _add_bench_parser):
+    for add in (_add_demo_parser, _add_learn_parser, _add_segment_parser, _add_batch_parser, _add_vote_parser,
+                _add_eval_parser, _add_bench_parser):
         add(sub)
     return parser
 

@@ -3,7 +3,8 @@
 Makes a procedural reference image and video (with exact ground truth), learns a segment
 embedding on the embedded backbone, segments the video, scores it and writes:
 ``example/`` (inputs and ground truth), ``embedding.safetensors``, ``segmentation/`` (label PNGs,
-overlay video), ``metrics.json`` and ``summary.png`` (reference + mask | frames | predictions).
+overlay video with a colour key), ``metrics.json`` and ``summary.png`` (titled columns: the reference
+and four frames; rows: image, ground truth, prediction; a colour key of the segment names).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import time
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .fileio import atomic_dir, check_writable
 from .label_png import palette, read_label_png
+from .learn import LearnConfig, learn_embedding
+from .legend import key_font, key_image
+from .settings import check_value, range_of
 
 DEMO_CATEGORY = "car"
 DEMO_SIZE = (256, 256)
@@ -25,7 +29,12 @@ DEMO_SIZE = (256, 256)
 DEMO_WORK_SIZE = 192
 DEMO_STEPS = 200
 DEMO_FRAMES = 24
+DEMO_MAX_FRAMES = 240
 DEMO_OUT = "smite-demo"
+
+
+SUMMARY_TILE = 160  # pixels per picture in summary.png
+SUMMARY_TEXT = 14  # title and key text size in summary.png
 
 
 def _colour(labels: np.ndarray) -> np.ndarray:
@@ -33,20 +42,37 @@ def _colour(labels: np.ndarray) -> np.ndarray:
 
 
 def summary_picture(reference: np.ndarray, reference_labels: np.ndarray, frames: list[np.ndarray],
-                    predictions: list[np.ndarray], tile: int = 160) -> Image.Image:
-    """Two rows: [reference | frames...] over [reference mask | predicted masks...]. uint8 inputs."""
-    def fit(a):
-        return np.asarray(Image.fromarray(a).resize((tile, tile), Image.NEAREST))
-
-    top = [fit(reference)] + [fit(f) for f in frames]
-    bottom = [fit(_colour(reference_labels))] + [fit(_colour(p)) for p in predictions]
-    gap = np.full((tile, 4, 3), 255, np.uint8)
-
-    def row(tiles):
-        return np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
-
-    sheet = np.concatenate([row(top), np.full((4, row(top).shape[1], 3), 255, np.uint8), row(bottom)], axis=0)
-    return Image.fromarray(sheet)
+                    predictions: list[np.ndarray], names: list[str], ground_truth: list[np.ndarray] | None = None,
+                    frame_numbers: list[int] | None = None, tile: int = SUMMARY_TILE) -> Image.Image:
+    """The result at a glance, uint8 inputs: column titles (``reference``, ``frame N``), rows ``image``,
+    ``ground truth`` (when given) and ``prediction`` (the reference's own labels under the reference),
+    and a colour key with the segment ``names`` (background first) below."""
+    font = key_font(SUMMARY_TEXT)
+    numbers = frame_numbers if frame_numbers is not None else list(range(len(frames)))
+    rows = [("image", [reference, *frames])]
+    if ground_truth is not None:
+        rows.append(("ground truth", [_colour(reference_labels), *map(_colour, ground_truth)]))
+        rows.append(("prediction", [None, *map(_colour, predictions)]))
+    else:
+        rows.append(("prediction", [_colour(reference_labels), *map(_colour, predictions)]))
+    gap, left, top = 4, SUMMARY_TEXT * 8, SUMMARY_TEXT * 2
+    key = key_image(names, SUMMARY_TEXT)
+    width = max(left + (tile + gap) * (len(frames) + 1), key.shape[1] + left)
+    height = top + (tile + gap) * len(rows) + key.shape[0] + gap
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    titles = ["reference"] + [f"frame {n}" for n in numbers]
+    for c, title in enumerate(titles):
+        draw.text((left + c * (tile + gap) + tile // 2, top // 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+    for r, (title, tiles) in enumerate(rows):
+        y = top + r * (tile + gap)
+        draw.text((gap, y + tile // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+        for c, picture in enumerate(tiles):
+            if picture is not None:
+                sheet.paste(Image.fromarray(picture).resize((tile, tile), Image.NEAREST),
+                            (left + c * (tile + gap), y))
+    sheet.paste(Image.fromarray(key), (left, top + (tile + gap) * len(rows)))
+    return sheet
 
 
 def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames: int = DEMO_FRAMES, seed: int = 0,
@@ -56,7 +82,6 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames
     from .backbone import load_backbone
     from .embedding import SegmentEmbedding
     from .export import export_segmentation
-    from .learn import LearnConfig, learn_embedding
     from .metrics import evaluate_folders, write_metrics_json
     from .procedural import write_example
     from .references import load_image, load_reference_folder
@@ -64,6 +89,9 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames
     from .video_io import open_frames
 
     out = check_writable(out, overwrite)
+    check_value("frames", frames, 1, DEMO_MAX_FRAMES, integer=True)
+    steps = DEMO_STEPS if steps is None else steps
+    check_value("steps", steps, *range_of(LearnConfig, "steps"), integer=True)
     started = time.time()
     bar = progress_factory or (lambda desc, total, unit: None)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -74,7 +102,7 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames
 
         say("[2/5] loading the embedded backbone ...")
         backbone = load_backbone("tiny", device=device)
-        config = LearnConfig.for_backbone(backbone, steps=steps or DEMO_STEPS, seed=seed)
+        config = LearnConfig.for_backbone(backbone, steps=steps, seed=seed)
         say(f"[3/5] learning {references.num_segments} segments ({', '.join(references.names)}) "
             f"in {config.steps} steps ...")
         embedding = learn_embedding(backbone, references, config, progress=bar("learning", config.steps, "step"))
@@ -89,6 +117,7 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames
 
         say("[5/5] scoring against the ground truth ...")
         metrics = evaluate_folders(tmp / "segmentation", example / "gt")
+        metrics.update(pred_dir=str(out / "segmentation"), gt_dir=str(out / "example" / "gt"))  # the final paths
         write_metrics_json(metrics, tmp / "metrics.json")
         ref_image = sorted((example / "references" / "images").iterdir())[0]
         picks = np.linspace(0, frames - 1, num=min(4, frames)).round().astype(int)
@@ -98,6 +127,9 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, steps: int | None = None, frames
             references.labels[0].numpy(),
             [(load_image(video_frames[i]).numpy() * 255).astype(np.uint8) for i in picks],
             [read_label_png(tmp / "segmentation" / "labels" / f"{i:05d}.png") for i in picks],
+            embedding.names,
+            ground_truth=[read_label_png(example / "gt" / "labels" / f"{i:05d}.png") for i in picks],
+            frame_numbers=[int(i) for i in picks],
         ).save(tmp / "summary.png")
     elapsed = time.time() - started
 

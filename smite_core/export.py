@@ -1,7 +1,8 @@
 """Writing a segmentation to disk, frame by frame, into a complete folder or nothing.
 
 Layout: ``OUT/labels/00000.png ...`` (palette PNGs at the input frame size), ``OUT/overlay.mp4``
-(or ``.gif``) and ``OUT/segments.json``. The folder is assembled under a temporary name and
+(or ``.gif``, with a colour key) and ``OUT/segments.json`` (``{"segments": names, "colors": [[r,g,b],
+...]}``: segment ``i`` is palette colour ``i`` in the PNGs and the overlay). The folder is assembled under a temporary name and
 renamed at the end (``fileio.atomic_dir``).
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from .fileio import atomic_dir
 from .label_png import save_label_png
+from .legend import segment_colors
 from .profiling import NO_PROFILER, Profiler
 from .video_io import open_video_writer, overlay
 from .was import labels_from_was
@@ -39,7 +41,8 @@ def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, to
     written = 0
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, contextlib.ExitStack() as stack:
         (tmp / "labels").mkdir()
-        (tmp / "segments.json").write_text(json.dumps(names, indent=1))
+        (tmp / "segments.json").write_text(json.dumps({"segments": list(names), "colors": segment_colors(len(names))},
+                                                      indent=1))
         overlay_name = f"overlay.{overlay_format}" if overlay_format else None
         writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
         for index, was in maps:
@@ -53,7 +56,7 @@ def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, to
             with profiler.stage("write"):
                 save_label_png(tmp / "labels" / f"{index:05d}.png", labels.numpy())
                 if writer:
-                    writer.write(overlay(frame, labels[None]))
+                    writer.write(overlay(frame, labels[None], names=names))
             written += 1
     return {"frames": written, "labels": str(out_dir / "labels"),
             "overlay": str(out_dir / overlay_name) if overlay_name else None, "label_counts": counts.tolist()}

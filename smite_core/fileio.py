@@ -1,7 +1,10 @@
 """Atomic file writing: write to a temporary name in the target folder, then rename.
 
 A crash, an interrupt or an error while writing never leaves a half-written file under the
-final name, and an existing file is never replaced unless ``overwrite=True``.
+final name, and an existing file is never replaced unless ``overwrite=True``. The results get the
+modes a plain ``open()`` / ``mkdir`` would give them under the process's umask (temporary files and
+folders are created private, so they are opened up before use: shared render machines and ComfyUI
+servers read outputs as other users).
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ def check_writable(path: str | os.PathLike, overwrite: bool, kind: str | None = 
     return path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting (restored at once)
+    os.umask(mask)
+    return mask
+
+
 def _reason(err: OSError) -> str:
     return err.strerror or " ".join(str(err).split()) or type(err).__name__
 
@@ -53,6 +70,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         yield tmp_path
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+        # mkstemp makes the file 0600 (and some writers replace it with their own private file): set the
+        # mode a plain open() would have given it, last
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -71,6 +91,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp_path, 0o777 & ~current_umask())  # mkdtemp makes it 0700
     except OSError as err:
         raise InputError(f"{path}: cannot write here ({_reason(err)})") from err
     try:

@@ -11,8 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .errors import InputError
 
 DEFAULT_TIMESTEPS = (95, 104)  # inclusive range of the inference timestep
+MAX_TIMESTEP = 999  # the last of the 1000 training timesteps of every supported scheduler
+
+
+def check_timesteps(timesteps: tuple[int, int], what: str = "timesteps") -> None:
+    """Refuse an inclusive timestep range unless ``1 <= low <= high <= MAX_TIMESTEP`` (integers)."""
+    low, high = timesteps
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (low, high)) \
+            or not 1 <= low <= high <= MAX_TIMESTEP:
+        raise InputError(f"{what}: need integers 1 <= min <= max <= {MAX_TIMESTEP} (got {low}, {high})")
 
 
 def working_size(backbone: Backbone, frame_hw: tuple[int, int], size: int | tuple[int, int] | None = None) -> tuple[int, int]:

@@ -25,11 +25,12 @@ from .augment import AugmentConfig, augment_pair
 from .backbone import Backbone
 from .embedding import MAX_SEGMENTS, SegmentEmbedding, build_context, initial_tokens
 from .errors import InputError, SmiteError
-from .inversion import encode_frames
+from .inversion import check_timesteps, encode_frames
 from .learn_state import SAVE_EVERY, LearnState, run_key
 from .losses import class_weights
 from .memory_budget import autocast, flushed_denormals
 from .references import ReferenceSet
+from .settings import MAX_SEED, check_ranges, check_side, ranged
 from .unet_pass import unet_forward
 from .was import cross_attention_logits, was_train
 
@@ -38,20 +39,21 @@ from .was import cross_attention_logits, was_train
 class LearnConfig:
     """Learning hyper-parameters; defaults follow the reference recipe (docs/method.md 3.3-3.5)."""
 
-    steps: int | None = None  # optimisation steps (one augmented reference each); None: epochs x references
-    epochs: int = 300  # passes over the references when ``steps`` is None (the paper's 300 epochs)
-    token_phase: float = 0.17  # share of the steps that train the tokens alone
-    lr_tokens: float = 0.1
-    lr_tokens_joint: float = 0.01  # token learning rate while K/V are fine-tuned
-    lr_kv: float = 1e-6
+    # optimisation steps (one augmented reference each); None: epochs x references
+    steps: int | None = ranged(None, 1, 100_000, optional=True)
+    epochs: int = ranged(300, 1, 10_000)  # passes over the references when ``steps`` is None (the paper's 300)
+    token_phase: float = ranged(0.17, 0.0, 1.0)  # share of the steps that train the tokens alone
+    lr_tokens: float = ranged(0.1, 0.0, 100.0)
+    lr_tokens_joint: float = ranged(0.01, 0.0, 100.0)  # token learning rate while K/V are fine-tuned
+    lr_kv: float = ranged(1e-6, 0.0, 1.0)
     train_kv: bool = True
     timesteps: tuple[int, int] = (5, 100)  # inclusive training range of t
-    weight_ce: float = 1.0
-    weight_mse: float = 1.0
-    weight_sd: float = 0.005
-    grad_clip_tokens: float = 1000.0
-    size: int | None = None  # training image side; None = the backbone's resolution
-    seed: int = 0
+    weight_ce: float = ranged(1.0, 0.0, 1000.0)
+    weight_mse: float = ranged(1.0, 0.0, 1000.0)
+    weight_sd: float = ranged(0.005, 0.0, 1000.0)
+    grad_clip_tokens: float = ranged(1000.0, 0.0, 1e9)
+    size: int | None = None  # training image side; None = the backbone's resolution (checked: check_side)
+    seed: int = ranged(0, 0, MAX_SEED)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -61,12 +63,18 @@ class LearnConfig:
         recommended.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **recommended)
 
+    def validate(self, backbone: Backbone | None = None) -> None:
+        """Refuse a setting outside its range (one line naming it); with ``backbone`` also the image size."""
+        check_ranges(self)
+        check_timesteps(self.timesteps, "learning timesteps")
+        if backbone is not None:
+            check_side(self.size, backbone.size_multiple)
+
     def resolved(self, num_references: int) -> "LearnConfig":
-        """This config with ``steps`` fixed: ``epochs x num_references`` when ``steps`` is None."""
+        """This config, checked, with ``steps`` fixed: ``epochs x num_references`` when ``steps`` is None."""
+        self.validate()
         if self.steps is not None:
             return self
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise InputError(f"epochs: must be an integer >= 1 (got {self.epochs})")
         return replace(self, steps=self.epochs * max(1, num_references))
 
 
@@ -178,8 +186,8 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
                     progress: Callable[[int, int], None] | None = None,
                     on_step: Callable[[int, dict], None] | None = None, *,
                     checkpoint: str | os.PathLike | None = None, checkpoint_every: int = SAVE_EVERY,
-                    replace_other_checkpoint: bool = False,
-                    say: Callable[[str], None] | None = None) -> SegmentEmbedding:
+                    replace_other_checkpoint: bool = False, say: Callable[[str], None] | None = None,
+                    interrupt: Callable[[], None] | None = None) -> SegmentEmbedding:
     """Learn a :class:`SegmentEmbedding` for ``references`` on ``backbone``. Deterministic per seed.
 
     ``config.steps`` None: ``config.epochs`` passes over the references (300 x their number by default).
@@ -191,15 +199,18 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
     it, with the same result as an uninterrupted run; the state is saved every ``checkpoint_every``
     steps and when the run stops with an exception (Ctrl-C, ComfyUI's cancel raised in ``progress``). A
     state of another run is refused unless ``replace_other_checkpoint``. ``say`` gets one-line notes.
+
+    ``interrupt()`` is called after every forward and every backward pass and stops learning by raising
+    (ComfyUI's Cancel; Ctrl-C needs no hook), so a stop takes effect within one pass.
     """
+    interrupt = interrupt or (lambda: None)
     references.validate()
     config = (config or LearnConfig()).resolved(len(references))
+    config.validate(backbone)
     k = references.num_segments
     if not 2 <= k <= MAX_SEGMENTS + 1:
         raise InputError(f"references: {k} segments; between 2 and {MAX_SEGMENTS + 1} (background included) "
                          "are supported")
-    if config.steps < 1:
-        raise InputError(f"steps: must be at least 1 (got {config.steps})")
     run = _Learner.start(backbone, references, config)
     order: list[int] = []
     start, state = 0, None
@@ -219,7 +230,9 @@ def learn_embedding(backbone: Backbone, references: ReferenceSet, config: LearnC
                 if not order:
                     order = torch.randperm(len(references), generator=run.gen).tolist()
                 losses = run.losses(step, order.pop())
+                interrupt()
                 run.backward(losses["total"])
+                interrupt()
                 consistent = None  # the optimisers are changing the weights: nothing to save until they are done
                 run.update(step)
                 consistent = (step + 1, run.gen.get_state(), list(order))

@@ -383,7 +383,8 @@ def label_files(root: Path, what: str) -> dict[str, Path]:
     return files
 
 
-def _read_segment_names(path: Path) -> list[str]:
+def read_segment_names(path: Path) -> list[str]:
+    """Segment names from a ``segments.json``: a list of names, or ``{"segments": [...]}``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -445,7 +446,7 @@ def evaluate_folders(
     for root in (gt_root, pred_root):
         seg_path = root / "segments.json"
         if seg_path.is_file():
-            class_names = _read_segment_names(seg_path)
+            class_names = read_segment_names(seg_path)
             if num_classes is not None and len(class_names) != int(num_classes):
                 raise InputError(
                     f"{seg_path} names {len(class_names)} segments but num_classes={num_classes}"

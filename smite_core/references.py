@@ -229,17 +229,37 @@ def read_segments_json(path: str | os.PathLike) -> tuple[list[str], dict | None]
 
 
 def _auto_colors(paths: list[Path]) -> dict[tuple[int, int, int], int]:
-    """Ids 1.. for the distinct non-black colours of the given colour-coded labels, sorted."""
+    """Ids 1.. for the distinct non-black colours of the given colour-coded labels, sorted. A file with
+    more colours than segments can have is refused as what it most likely is: a photo."""
     found: set[tuple[int, int, int]] = set()
     for path in paths:
-        rgb = read_color_label_png(path).reshape(-1, 3)
-        found.update(tuple(int(v) for v in c) for c in np.unique(rgb, axis=0))
+        colours = {tuple(int(v) for v in c) for c in np.unique(read_color_label_png(path).reshape(-1, 3), axis=0)}
+        if len(colours - {(0, 0, 0)}) > MAX_SEGMENTS - 1:
+            raise InputError(f"{path}: {len(colours)} different colours: this looks like a photo, not a label map "
+                             "(a label paints each segment in one flat colour, black = background)")
+        found.update(colours)
     found.discard((0, 0, 0))
     return {colour: i + 1 for i, colour in enumerate(sorted(found))}
 
 
-def _read_labels(paths: list[Path], colors: dict | None) -> tuple[list[np.ndarray], list[str]]:
-    """Read every label file; colour-coded ones via ``colors`` or automatic colour ids.
+def _binary_masks(maps: list[np.ndarray]) -> tuple[list[np.ndarray], str | None]:
+    """Masks whose only values, over all files, are 0 and one value v > 1 (a 0/255 mask, the most common
+    mask format) are one segment: v becomes id 1. Returns the maps and a note saying so (or None)."""
+    values = set()
+    for m in maps:
+        values.update(np.unique(m).tolist())
+        if len(values) > 2:
+            return maps, None
+    other = sorted(values - {0})
+    if len(other) != 1 or other[0] < 2:
+        return maps, None
+    note = f"binary masks: value {other[0]} read as one segment (id 1), 0 as background"
+    return [(m == other[0]).astype(np.int64) for m in maps], note
+
+
+def _read_labels(paths: list[Path], colors: dict | None, names: list[str]) -> tuple[list[np.ndarray], list[str]]:
+    """Read every label file; colour-coded ones via ``colors`` or automatic colour ids; black-and-white
+    masks as one segment unless ``names`` (from segments.json) name more than one.
 
     Returns the id maps and notes saying how the files were read (codings and colour -> id table).
     """
@@ -259,6 +279,9 @@ def _read_labels(paths: list[Path], colors: dict | None) -> tuple[list[np.ndarra
     if table and any("colour-coded" in c for c in codings):
         pairs = ", ".join(f"{list(colour)}={i}" for colour, i in sorted(table.items(), key=lambda kv: kv[1]))
         notes.append(f"colour -> id ({origin}; black = background): {pairs}")
+    elif table is None and len(names) <= 2:
+        maps, binary = _binary_masks(maps)
+        notes += [binary] if binary else []
     return maps, notes
 
 
@@ -297,7 +320,7 @@ def load_reference_folder(path: str | os.PathLike) -> ReferenceSet:
         names, colors = read_segments_json(root / "segments.json")
     stems = sorted(images, key=natural_key)
     label_paths = [labels[s] for s in stems]
-    maps, notes = _read_labels(label_paths, colors)
+    maps, notes = _read_labels(label_paths, colors, names)
     tensors = [load_image(images[s]) for s in stems]
     num_ids = max(int(m.max()) for m in maps) + 1
     _check_segment_count(num_ids, maps, label_paths)
@@ -315,13 +338,18 @@ def load_reference_folder(path: str | os.PathLike) -> ReferenceSet:
 
 
 def _check_segment_count(num_ids: int, maps: list, files: list) -> None:
-    """Name the reference whose ids exceed the segment limit."""
+    """Name the reference whose ids exceed the segment limit, and say what the file most likely is."""
     if num_ids <= MAX_SEGMENTS:
         return
     worst = int(np.argmax([int(m.max()) for m in maps]))
+    levels = len(np.unique(maps[worst]))
+    if levels > MAX_SEGMENTS:
+        raise InputError(f"{files[worst]}: {levels} different grey levels: this looks like a photo or a soft "
+                         "(anti-aliased) mask, not a label map (ids 0 = background, 1, 2, ... one per segment)")
     raise InputError(
-        f"{files[worst]}: label id {num_ids - 1} too large (at most {MAX_SEGMENTS - 1} segments "
-        "besides the background)"
+        f"{files[worst]}: label id {num_ids - 1} too large (at most {MAX_SEGMENTS - 1} segments besides the "
+        "background; ids are 0 = background, 1, 2, ...; a 0/255 mask is read as one segment when every label "
+        "file holds only 0 and that one value)"
     )
 
 

@@ -21,7 +21,6 @@ tracking, voting or guidance.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
@@ -33,9 +32,10 @@ from .checks import require_finite
 from .embedding import SegmentEmbedding, build_context
 from .errors import InputError, SmiteError
 from .guidance import GuidanceEnergy, guide_latents, guide_slice, step_size
-from .inversion import DEFAULT_TIMESTEPS, add_noise, encode_frames, sample_timestep, working_size
+from .inversion import DEFAULT_TIMESTEPS, add_noise, check_timesteps, encode_frames, sample_timestep, working_size
 from .memory_budget import encode_batch, flushed_denormals
 from .profiling import NO_PROFILER, Profiler
+from .settings import MAX_SEED, check_ranges, check_side, ranged
 from .tracking import DEFAULT_TRACKER, NO_TRACKING, TRACKERS, Tracker, Tracks, make_tracker
 from .unet_pass import unet_forward
 from .voting import DEFAULT_WINDOW, vote_tracks
@@ -62,24 +62,24 @@ class SegmentConfig:
     on the procedural suite (docs/experiments.md).
     """
 
-    window: int = 16
-    overlap: int = 8
+    window: int = ranged(16, 1, 256)
+    overlap: int = ranged(8, 0, 255)
     inflate: bool = True
     pool_norm: bool = True  # frame-pooled GroupNorm in the inflated UNet
     size: int | tuple[int, int] | None = None  # working size; None = the backbone's resolution
     timesteps: tuple[int, int] = DEFAULT_TIMESTEPS
-    seed: int = 0
+    seed: int = ranged(0, 0, MAX_SEED)
     tracker: str = DEFAULT_TRACKER
-    track_weight: float = 0.1
-    lowpass_weight: float = 8.0
-    vote_window: int = DEFAULT_WINDOW
+    track_weight: float = ranged(0.1, 0.0, 100.0)
+    lowpass_weight: float = ranged(8.0, 0.0, 1000.0)
+    vote_window: int = ranged(DEFAULT_WINDOW, 1, 99)
     vote_output: bool = True
-    lowpass_cutoff: float = 0.4
-    lowpass_first_cutoff: float = 0.999
-    guide_steps: int = 1
-    guide_iters: int = 1
-    guide_slice: int = 4
-    guide_lr: float = 10.0
+    lowpass_cutoff: float = ranged(0.4, 0.01, 1.0)
+    lowpass_first_cutoff: float = ranged(0.999, 0.01, 1.0)
+    guide_steps: int = ranged(1, 0, 50)
+    guide_iters: int = ranged(1, 1, 100)
+    guide_slice: int = ranged(4, 1, 256)
+    guide_lr: float = ranged(10.0, 0.0, 10000.0)
     tracker_checkpoint: str | None = None
 
     @property
@@ -93,27 +93,18 @@ class SegmentConfig:
         return self.inflate and self.guide_steps > 0 and (self.lowpass_weight > 0 or
                                                           (self.track_weight > 0 and self.tracker != NO_TRACKING))
 
-    def validate(self) -> None:
-        if self.window < 1:
-            raise InputError(f"window: must be at least 1 frame (got {self.window})")
-        if not 0 <= self.overlap < self.window:
+    def validate(self, backbone: Backbone | None = None) -> None:
+        """Refuse a setting outside its range (one line naming it); with ``backbone`` also the working size."""
+        check_ranges(self)
+        if self.overlap >= self.window:
             raise InputError(f"overlap: must be between 0 and window-1 = {self.window - 1} (got {self.overlap})")
         if self.tracker not in SEGMENT_TRACKERS:
             raise InputError(f"tracker: {self.tracker!r} is not one of {', '.join(SEGMENT_TRACKERS)}")
-        for name in ("track_weight", "lowpass_weight", "guide_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InputError(f"{name.replace('_', '-')}: must be a finite number >= 0 (got {value})")
-        for name in ("lowpass_cutoff", "lowpass_first_cutoff"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise InputError(f"{name.replace('_', '-')}: must be in (0, 1] (got {value})")
-        for name, low in (("vote_window", 1), ("guide_steps", 0), ("guide_iters", 1), ("guide_slice", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise InputError(f"{name.replace('_', '-')}: must be an integer >= {low} (got {value})")
+        check_timesteps(self.timesteps)
         if self.tracker == "cotracker" and not self.tracker_checkpoint:
             raise InputError("tracker-checkpoint: the cotracker tracker needs a checkpoint file or models folder")
+        if backbone is not None:
+            check_side(self.size, backbone.size_multiple)
 
 
 def window_spans(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -159,11 +150,16 @@ class ReferencePass:
     was: torch.Tensor
 
 
+def _carry_on() -> None:
+    """The default ``interrupt`` hook: never stops."""
+
+
 @dataclass
 class WindowRunner:
     """What every window of one video needs, built once (:meth:`build`): the backbone, the embedding and
     its conditioning ``context [1,77,D]``, the settings, the seeded noise ``generator`` shared by the
-    windows in order, the tracker (None when nothing is tracked) and the stage ``profiler``."""
+    windows in order, the tracker (None when nothing is tracked), the stage ``profiler`` and the
+    ``interrupt()`` hook called before every UNet pass and tracker call (it stops the work by raising)."""
 
     backbone: Backbone
     embedding: SegmentEmbedding
@@ -172,11 +168,13 @@ class WindowRunner:
     generator: torch.Generator
     tracker: Tracker | None = None
     profiler: Profiler = NO_PROFILER
+    interrupt: Callable[[], None] = _carry_on
 
     @classmethod
     def build(cls, backbone: Backbone, embedding: SegmentEmbedding, config: SegmentConfig,
               generator: torch.Generator | None = None, frame_hw: tuple[int, int] | None = None,
-              profiler: Profiler | None = None, tracker: Tracker | None = None) -> "WindowRunner":
+              profiler: Profiler | None = None, tracker: Tracker | None = None,
+              interrupt: Callable[[], None] | None = None) -> "WindowRunner":
         """A runner for ``config`` (validated by the caller). ``generator``: default seeded with
         ``config.seed``. ``frame_hw``: the video's frame size; on CUDA the guidance sub-slice is then
         lowered to what the free memory holds (``guidance.guide_slice``)."""
@@ -190,7 +188,7 @@ class WindowRunner:
             tracker = make_tracker(config.tracker, config.tracker_checkpoint, device=backbone.device)
         return cls(backbone, embedding, config, context,
                    generator if generator is not None else torch.Generator().manual_seed(config.seed),
-                   tracker, profiler or NO_PROFILER)
+                   tracker, profiler or NO_PROFILER, interrupt or _carry_on)
 
     def work_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """The working ``(H, W)`` frames of size ``frame_hw`` are resized to."""
@@ -205,6 +203,7 @@ class WindowRunner:
     def forward(self, latents: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One (inflated) UNet pass over ``latents [F,4,h,w]`` at ``t``: model output and inference WAS."""
         config = self.config
+        self.interrupt()
         with self.profiler.stage("unet"):
             out, record = unet_forward(self.backbone, latents, t, self.context, self.embedding.num_segments,
                                        kv=self.embedding.kv, inflate=config.inflate,
@@ -255,6 +254,7 @@ class WindowRunner:
         if self.tracker is None:
             self.tracker = make_tracker(self.config.tracker, self.config.tracker_checkpoint,
                                         device=self.backbone.device)
+        self.interrupt()
         with self.profiler.stage("tracking"):
             return self.tracker.track(frames, grid_hw, max_offset=self.config.vote_window // 2)
 
@@ -295,7 +295,7 @@ def segment_window(backbone: Backbone, embedding: SegmentEmbedding, frames: torc
                    generator: torch.Generator, latents: torch.Tensor | None = None,
                    carry: torch.Tensor | None = None) -> torch.Tensor:
     """WAS ``[F,K,h,w]`` of a single window (:meth:`WindowRunner.run`); for a video use :func:`segment_stream`."""
-    config.validate()
+    config.validate(backbone)
     return WindowRunner.build(backbone, embedding, config, generator).run(frames, latents, carry)
 
 
@@ -376,8 +376,8 @@ class _CrossFade:
 
 def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, config: SegmentConfig | None = None,
                    progress: Callable[[int, int], None] | None = None, latents: torch.Tensor | None = None,
-                   say: Callable[[str], None] | None = None,
-                   profiler: Profiler | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                   say: Callable[[str], None] | None = None, profiler: Profiler | None = None,
+                   interrupt: Callable[[], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(frame_index, WAS [K,h,w])`` for every frame of ``source`` in order, window by window.
 
     ``source`` is a ``video_io.FrameSource`` (anything with ``num_frames``, ``height``, ``width`` and
@@ -385,7 +385,8 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     (from ``InvertVideo``); without them each window's frames are encoded as they are read.
     ``progress(done_frames, total_frames)`` is called as frames are finished. Each window after the
     first gets the previous window's result for the frames they share (``carry``). ``profiler``
-    receives the stages (``profiling``).
+    receives the stages (``profiling``); ``interrupt()`` is called before every UNet pass (guidance
+    iterations included) and stops the work by raising (ComfyUI's Cancel).
 
     Out of memory in a window is not fatal: the window is retried with half the guidance sub-slice,
     then with half the window length (the rest of the video keeps the smaller setting), and
@@ -393,7 +394,7 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     does not fit raises :class:`SmiteError`.
     """
     config = config or SegmentConfig()
-    config.validate()
+    config.validate(backbone)
     embedding.check_backbone(backbone)
     total = source.num_frames
     if total < 1:
@@ -401,7 +402,7 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
     if latents is not None and latents.shape[0] != total:
         raise InputError(f"latents: {latents.shape[0]} frames, but the video has {total}")
     runner = WindowRunner.build(backbone, embedding, config, frame_hw=(source.height, source.width),
-                                profiler=profiler)
+                                profiler=profiler, interrupt=interrupt)
     spans = window_spans(total, runner.config.window, runner.config.overlap)
     window_latents, fade = _WindowLatents(runner, latents), _CrossFade()
     previous: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -463,9 +464,11 @@ def _retry_smaller(runner: WindowRunner, spans: list[tuple[int, int]], i: int, t
 
 def segment_frames(backbone: Backbone, embedding: SegmentEmbedding, frames: torch.Tensor,
                    config: SegmentConfig | None = None, progress: Callable[[int, int], None] | None = None,
-                   latents: torch.Tensor | None = None, say: Callable[[str], None] | None = None) -> torch.Tensor:
-    """WAS ``[T,K,h,w]`` for an in-memory video ``frames [T,H,W,3]`` (0..1); ``say`` as in :func:`segment_stream`."""
+                   latents: torch.Tensor | None = None, say: Callable[[str], None] | None = None,
+                   interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+    """WAS ``[T,K,h,w]`` for an in-memory video ``frames [T,H,W,3]`` (0..1); the rest as in :func:`segment_stream`."""
     from .video_io import FrameSource
 
-    stream = segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress, latents, say)
+    stream = segment_stream(backbone, embedding, FrameSource.from_tensor(frames), config, progress, latents, say,
+                            interrupt=interrupt)
     return torch.stack([was for _, was in stream])

@@ -24,6 +24,7 @@ from .checks import require_finite
 from .errors import InputError
 from .fileio import atomic_path
 from .label_png import palette
+from .legend import with_key
 from .references import load_image, natural_key
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -280,9 +281,11 @@ def _boundaries(labels: torch.Tensor) -> torch.Tensor:
     return edge
 
 
-def overlay(frames: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+def overlay(frames: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5,
+            names: list[str] | None = None) -> torch.Tensor:
     """Blend palette colours over the foreground: frames float ``[n,H,W,3]`` 0..1, labels int
-    ``[n,H,W]`` -> float32 ``[n,H,W,3]``; segment boundaries are drawn at 35 % brightness."""
+    ``[n,H,W]`` -> float32 ``[n,H,W,3]``; segment boundaries are drawn at 35 % brightness. With the
+    segment ``names`` (background first) a colour key is drawn in the top-left corner (``legend``)."""
     frames = torch.as_tensor(frames).to(torch.float32)
     labels = torch.as_tensor(labels).to(torch.int64)
     if frames.ndim == 3 and labels.ndim == 2:  # a single frame
@@ -295,7 +298,8 @@ def overlay(frames: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> t
     colour = colours[labels.clamp(0, 255)]
     foreground = (labels > 0)[..., None]
     out = torch.where(foreground, (1.0 - alpha) * frames + alpha * colour, frames)
-    return torch.where(_boundaries(labels)[..., None], out * 0.35, out)
+    out = torch.where(_boundaries(labels)[..., None], out * 0.35, out)
+    return out if not names else torch.from_numpy(with_key(out.numpy(), list(names)))
 
 
 # ----------------------------------------------------------------------------- writers

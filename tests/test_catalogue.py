@@ -40,6 +40,12 @@ CATALOGUE = [
      "library", "test_label_codings_are_accepted_and_explained"),
     ("colour-coded RGB + 16-bit label, RGBA + greyscale images", "accepted; the CLI prints how labels were read",
      "CLI", "test_cli_label_codings_and_skipped_ids"),
+    ("black-and-white masks: 0/255 (or 0 and any one value), 0/1, 1-bit", "one segment; the note says so",
+     "library", "test_newcomer.py::test_black_and_white_masks_are_one_segment"),
+    ("a 0/255 mask as the reference label", "learned as one segment; the CLI says how it read it",
+     "CLI", "test_newcomer.py::test_cli_says_how_it_read_a_binary_mask"),
+    ("a photo (colour or grey) given as a label", "InputError / exit 2: 'looks like a photo', naming the file",
+     "CLI", "test_newcomer.py::test_a_photo_given_as_a_label_is_called_a_photo"),
     ("label_map IMAGE: palette colours, greyscale ids, 1-channel, colour-coded; one MASK per segment",
      "accepted; the coding is logged", "nodes", "test_nodes_label_map_codings"),
     # ---- ids and segment counts
@@ -53,6 +59,12 @@ CATALOGUE = [
      "CLI", "test_cli_too_many_segments"),
     ("label_map with more colours than segments; MaskToVideo segment index out of range",
      "InputError", "nodes", "test_nodes_too_many_segments"),
+    # ---- settings out of range
+    ("size not a multiple of the backbone's, too small or too large; window, overlap, weights, steps, epochs, "
+     "seeds, vote window out of range", "exit 2, one line naming the option, nothing written",
+     "CLI", "test_newcomer.py::test_segment_refuses_out_of_range_options"),
+    ("the same in LearnConfig / SegmentConfig; node widgets", "InputError; widget min/max from the same ranges",
+     "library", "test_newcomer.py::test_library_configs_and_node_widgets_share_one_range"),
     # ---- video length
     ("video of 1 frame", "one window of 1 frame, labels at the frame size",
      "library", "test_segment.py::test_any_length_streams_in_order"),
@@ -129,6 +141,8 @@ CATALOGUE = [
      "test_cli_interrupted_segmentation_writes_nothing"),
     ("ComfyUI cancel during learning", "stops at the next step", "nodes",
      "test_nodes.py::test_progress_interrupt_and_memory_release_inside_comfyui"),
+    ("cancel during learning or segmentation", "raised before the next UNet pass (within one pass)",
+     "library", "test_newcomer.py::test_learning_stops_within_one_pass"),
     ("out of memory in a window", "retried with half the guide slice, then half the window; said; video "
      "finished; 1-frame failure is a clean error", "library", "test_out_of_memory_retries_with_smaller_slices"),
     ("out of memory while segmenting", "a 'note: out of memory ... retrying' line, then success",
@@ -456,6 +470,7 @@ def test_cli_too_many_segments(tmp_path, capsys):
     root = _refs_folder(tmp_path / "refs")
     labels = np.zeros((32, 32), np.uint8)
     labels[4:8, 4:8] = 99
+    labels[10:14, 4:8] = 1  # two ids besides the background: not a black-and-white mask
     save_label_png(root / "labels" / "a.png", labels, overwrite=True)
     assert cli.main(["learn", "--refs", str(root), "--out", str(tmp_path / "e.safetensors")]) == 2
     line = _error_line(capsys)
@@ -682,12 +697,16 @@ def test_nodes_refuse_nan_and_inf(nodes, model):
         load_refs.load("", images=frames[:1], label_map=frames[2:3])
 
 
-def test_diverging_learning_is_a_clean_error(tiny_backbone):
+def test_diverging_learning_is_a_clean_error(tiny_backbone, monkeypatch):
+    import smite_core.learn as learn
+
     image, labels = blob_reference(32)
     refs = reference_set_from_label_maps(image[None], labels[None])
-    config = LearnConfig(steps=1, size=SIZE, train_kv=False, weight_sd=float("inf"))
+    real = learn.segmentation_losses
+    monkeypatch.setattr(learn, "segmentation_losses",  # a loss that blows up, as a too-high learning rate makes it
+                        lambda *args: {**real(*args), "ce": torch.tensor(float("inf"))})
     with pytest.raises(SmiteError, match="learning diverged at step 0"):
-        learn_embedding(tiny_backbone, refs, config)
+        learn_embedding(tiny_backbone, refs, LearnConfig(steps=1, size=SIZE, train_kv=False))
 
 
 # ----------------------------------------------------------------------------- embeddings and checkpoints

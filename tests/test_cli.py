@@ -45,7 +45,8 @@ def test_learn_segment_eval(workspace, capsys):
     pngs = sorted((out / "labels").glob("*.png"))
     assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(5)]
     assert read_label_png(pngs[0]).shape == (64, 80)
-    assert json.loads((out / "segments.json").read_text()) == ["background", "disk", "corner"]
+    segments = json.loads((out / "segments.json").read_text())
+    assert segments["segments"] == ["background", "disk", "corner"] and len(segments["colors"]) == 3
     assert (out / "overlay.mp4").stat().st_size > 0
     metrics_file = workspace / "m.json"
     assert main(["eval", "--pred", str(out), "--gt", str(workspace / "gt"), "--json", str(metrics_file)]) == 0

@@ -2,10 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
+from test_newcomer import _find_text
 
 from smite_core import cli
 from smite_core.backbone import build_tiny_components
+from smite_core.demo import SUMMARY_TEXT
 
 
 @pytest.mark.slow
@@ -18,5 +22,10 @@ def test_demo_writes_everything_and_segments_the_car(tmp_path, capsys):
     assert len(list((out / "segmentation" / "labels").glob("*.png"))) == 24
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mIoU"] >= 0.6, metrics["mIoU"]  # measured 0.71 (docs/quality.md)
+    assert (metrics["pred_dir"], metrics["gt_dir"]) == (str(out / "segmentation"), str(out / "example" / "gt"))
+    names = json.loads((out / "segmentation" / "segments.json").read_text())["segments"]
+    summary = np.asarray(Image.open(out / "summary.png").convert("RGB"))
+    for text in [*names, "reference", "ground truth", "prediction"]:  # the key's names, found on its pixels
+        assert _find_text(summary, text, SUMMARY_TEXT) > 0.9, text
     assert "done in" in capsys.readouterr().err
     assert cli.main(["demo", "--out", str(out)]) == 2  # an existing folder is never replaced without --overwrite

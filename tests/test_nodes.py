@@ -421,7 +421,7 @@ def test_learn_steps_zero_means_300_per_reference(nodes, model, references, embe
     learn = nodes["SMITE_LearnSegmentEmbedding"]
     steps = []
 
-    def fake_learn(backbone, refs, config, progress=None):  # records the resolved step count, learns nothing
+    def fake_learn(backbone, refs, config, progress=None, **hooks):  # records the resolved step count, learns nothing
         steps.append(config.steps)
         return embedding
 
@@ -440,8 +440,8 @@ def test_progress_interrupt_and_memory_release_inside_comfyui(nodes, model, refe
     assert fake_comfy["empty_cache"] >= 1  # released after use (keep_loaded off)
     fake_comfy["interrupt_after"] = fake_comfy["interrupt_checks"] + 1
     with pytest.raises(_Interrupted), torch.inference_mode():
-        learn.learn(model, references, steps=50, size=SIZE)  # cancelled at the second step
-    assert len(fake_comfy["progress"]) == 3
+        learn.learn(model, references, steps=50, size=SIZE)  # cancelled at the first step's backward pass
+    assert len(fake_comfy["progress"]) == 2  # the first step never finished: no progress reported
 
 
 def test_keep_loaded_skips_the_release(model, fake_comfy):

@@ -202,6 +202,97 @@ def run_bench(frames: int = BENCH_FRAMES, frame_size: int | None = None, model: 
     return result
 
 
+# ----------------------------------------------------------------------------- many videos
+
+
+BATCH_FRAMES = (16,) * 6  # frames of each procedural video `smite bench --batch` segments
+BATCH_WORKERS = (1, 2)  # worker counts `smite bench --batch` compares
+
+
+def int_list(value, option: str) -> tuple[int, ...]:
+    """``"1,2"`` (or a sequence) -> ``(1, 2)``: positive integers, else an :class:`InputError` naming ``option``."""
+    from smite_core.errors import InputError
+
+    try:
+        values = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip())
+    except ValueError:
+        raise InputError(f"{option}: {value!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{option}: give positive integers (got {value!r})")
+    return values
+
+
+def _timed_smite(args: list[str]) -> float:
+    """Wall seconds of one ``smite`` command in a fresh process (start-up, imports and model load included)."""
+    import subprocess
+
+    from smite_core.errors import SmiteError
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "smite_core.cli", *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SmiteError(f"bench: 'smite {args[0]}' failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return time.perf_counter() - start
+
+
+def run_batch_bench(frames=BATCH_FRAMES, workers=BATCH_WORKERS, frame_size: int | None = None,
+                    size: int | None = None, model: str = "tiny", device: str = "auto", dtype: str = "auto",
+                    seed: int = 0, overlay: str | None = "mp4", separate: bool | None = None,
+                    say: Callable[[str], None] = print) -> dict:
+    """Time ``smite batch`` on procedural videos of ``frames`` frames each (one seed per video), once per count
+    of ``workers`` local processes, and (``separate``; default: when 1 is among ``workers``) one
+    ``smite segment`` call per video; every command in a fresh process, as a user runs it.
+
+    Keys: ``videos``, ``frames``, ``frame_size``, ``size``, ``model``, ``device``; per worker count ``n``:
+    ``w<n>_s`` (wall), ``w<n>_videos_per_min``, ``w<n>_busy`` (share of the workers' time spent segmenting:
+    start-up and the idle tail of the run show here); ``worker_load_s`` (backbone and embedding load in a
+    worker, from ``batch.json``); with ``separate``: ``separate_s`` (the ``smite segment`` calls one after
+    another), ``separate_videos_per_min`` and ``load_saved_s_per_video`` (``separate_s`` minus ``w1_s``, per
+    video: the start-up and model load a batch pays once instead of once per video).
+    """
+    from smite_core.backbone import load_backbone
+    from smite_core.embedding import SegmentEmbedding
+
+    frames, workers = int_list(frames, "--batch-frames"), int_list(workers, "--batch")
+    separate = 1 in workers if separate is None else separate
+    backbone = load_backbone(model, device=device, dtype=dtype)
+    side = frame_size or backbone.segment_resolution
+    result = {"videos": len(frames), "frames": list(frames), "frame_size": side,
+              "size": size or backbone.segment_resolution, "model": model, "device": str(backbone.device)}
+    common = ["--model", model, "--device", device, "--dtype", dtype, "--seed", seed, "--overlay", overlay or "none"]
+    common += ["--size", size] if size else []
+    with tempfile.TemporaryDirectory(prefix="smite-bench-batch-") as tmp:
+        videos = [Path(tmp) / "in" / f"video{i}.mp4" for i in range(len(frames))]
+        videos[0].parent.mkdir()
+        for i, (path, count) in enumerate(zip(videos, frames)):
+            names = write_procedural_video(path, count, side, seed + i)
+        g = torch.Generator().manual_seed(seed)
+        embedding = SegmentEmbedding(tokens=torch.randn(len(names) - 1, backbone.context_dim, generator=g),
+                                     names=names, backbone_fingerprint=backbone.fingerprint)
+        embedding_file = embedding.save(Path(tmp) / "embedding.safetensors")
+        del backbone
+        loads = []
+        for n in workers:
+            say(f"bench: smite batch --workers {n} on {len(videos)} videos ...")
+            out = Path(tmp) / f"batch{n}"
+            wall = _timed_smite(["batch", "--videos", *videos, "--embedding", embedding_file, "--out", out,
+                                 "--workers", n, *common])
+            record = json.loads((out / "batch.json").read_text())
+            busy = sum(e["seconds"] for e in record["videos"].values())
+            loads += list(record.get("worker_load_s", {}).values())
+            result.update({f"w{n}_s": round(wall, 2), f"w{n}_videos_per_min": round(60 * len(videos) / wall, 2),
+                           f"w{n}_busy": round(busy / (min(n, len(videos)) * wall), 3)})
+        result["worker_load_s"] = round(statistics.mean(loads), 2) if loads else None
+        if separate:
+            say(f"bench: smite segment, once per video ({len(videos)} calls) ...")
+            wall = sum(_timed_smite(["segment", "--video", video, "--embedding", embedding_file,
+                                     "--out", Path(tmp) / "segment" / video.stem, *common]) for video in videos)
+            result.update(separate_s=round(wall, 2), separate_videos_per_min=round(60 * len(videos) / wall, 2))
+            if "w1_s" in result:
+                result["load_saved_s_per_video"] = round((wall - result["w1_s"]) / len(videos), 2)
+    return result
+
+
 # ----------------------------------------------------------------------------- voting
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from smite_core import procedural as P
 from smite_core.errors import InputError
+from smite_core.losses import class_weights
 from smite_core.procedural.geometry import blob, ellipse, poly, rotate, rrect, star, stroke, translate, uniform
 from smite_core.procedural.parts import Part, render_part, warp_into
 from smite_core.procedural.scene import apply_light, make_background, sample_light
@@ -436,6 +437,18 @@ def _targets(seg: torch.Tensor, where: dict[int, int]) -> tuple[list[int], torch
     return cols, torch.where(s >= 0, lookup[s.clamp_min(0)], torch.full_like(s, IGNORE))
 
 
+def _named_regions(seg: torch.Tensor, positions: list[dict[int, int]]):
+    """Per picture ``b`` with named regions: ``(b, token columns, per-pixel class index, class weights)``
+    (the weights of ``losses.class_weights`` over its named pixels, capped at 50)."""
+    for b, where in enumerate(positions):
+        if not where:
+            continue
+        cols, target = _targets(seg[b], where)
+        valid = target >= 0
+        if valid.any():
+            yield b, cols, target, class_weights(target[valid], len(cols)).clamp(max=50.0)
+
+
 def self_attention_losses(probs: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grouping, column)`` losses of self-attention ``probs [B,n,n]`` for region ids ``seg [B,n]``.
 
@@ -465,18 +478,8 @@ def cross_attention_loss(ca: torch.Tensor, seg: torch.Tensor, positions: list[di
     ``ca [B,77,h,w]`` head/layer-averaged logits at latent size; ``seg [B,h,w]`` region ids;
     ``positions[b]`` maps region id -> token position. Unnamed regions are ignored.
     """
-    from smite_core.losses import class_weights
-
-    losses = []
-    for b, where in enumerate(positions):
-        if not where:
-            continue
-        cols, target = _targets(seg[b], where)
-        valid = target >= 0
-        if not valid.any():
-            continue
-        w = class_weights(target[valid], len(cols)).clamp(max=50.0)
-        losses.append(F.cross_entropy(ca[b, cols][None], target[None], weight=w, ignore_index=IGNORE))
+    losses = [F.cross_entropy(ca[b, cols][None], target[None], weight=w, ignore_index=IGNORE)
+              for b, cols, target, w in _named_regions(seg, positions)]
     return torch.stack(losses).mean() if losses else ca.sum() * 0
 
 
@@ -484,16 +487,8 @@ def was_inference_loss(ca: torch.Tensor, probs: torch.Tensor, seg: torch.Tensor,
                        positions: list[dict[int, int]]) -> torch.Tensor:
     """Weighted cross-entropy of SMITE's *inference* WAS (``was.was_inference``: thresholded
     background, ``CA~ . SA``, remapped into each token's logit range) against the regions."""
-    from smite_core.losses import class_weights
-
     losses = []
-    for b, where in enumerate(positions):
-        if not where:
-            continue
-        cols, target = _targets(seg[b], where)
-        valid = target >= 0
-        if not valid.any():
-            continue
+    for b, cols, target, w in _named_regions(seg, positions):
         flat = ca[b, cols].flatten(1)  # [C,n]
         low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
         bg = flat[:1]
@@ -502,7 +497,6 @@ def was_inference_loss(ca: torch.Tensor, probs: torch.Tensor, seg: torch.Tensor,
         lo_acc, hi_acc = acc.amin(1, keepdim=True), acc.amax(1, keepdim=True)
         unit = (acc - lo_acc) / (hi_acc - lo_acc).clamp_min(1e-6)
         was = unit * (high - low) + low
-        w = class_weights(target[valid], len(cols)).clamp(max=50.0)
         losses.append(F.cross_entropy(was.T, target.flatten(), weight=w, ignore_index=IGNORE))
     return torch.stack(losses).mean() if losses else ca.sum() * 0
 
