@@ -354,12 +354,14 @@ examples:
   smite batch --embedding parts.safetensors --videos shots.txt --out /shared/parts --ray auto --gpus-per-video 1"""
 
 
-def _span(config_cls, name: str) -> str:
-    """``"1 to 256"``: the range of a config field, for help texts."""
-    from .settings import range_of
+def _config_option(p: argparse.ArgumentParser, config_cls, name: str, text: str, note: str = "") -> None:
+    """``--name`` for the config field ``name``: its type, default and range from the dataclass."""
+    from .settings import option_name, range_of
 
-    low, high = range_of(config_cls, name)
-    return f"{low:g} to {high:g}"
+    default, (low, high) = getattr(config_cls(), name), range_of(config_cls, name)
+    kind = int if isinstance(low, int) and isinstance(high, int) else float
+    p.add_argument(f"--{option_name(name)}", type=kind, default=default,
+                   help=f"{text} (default {default:g}{'; ' + note if note else ''}; {low:g} to {high:g})")
 
 
 def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -460,8 +462,7 @@ def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
     from .segment import SEGMENT_TRACKERS, SegmentConfig
 
     d = SegmentConfig()
-    p.add_argument("--window", type=int, default=d.window,
-                   help=f"frames per inflated-UNet window (default {d.window}; {_span(SegmentConfig, 'window')})")
+    _config_option(p, SegmentConfig, "window", "frames per inflated-UNet window")
     p.add_argument("--overlap", type=int, default=d.overlap,
                    help=f"frames shared by consecutive windows (default {d.overlap}; 0 to window-1)")
     p.add_argument("--no-inflate", action="store_true",
@@ -471,18 +472,10 @@ def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
                         "segmentation size, 256 for tiny, 512 for SD)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the inversion noise (default {d.seed})")
     _add_tracker_args(p, SEGMENT_TRACKERS)
-    p.add_argument("--track-weight", type=float, default=d.track_weight,
-                   help=f"weight of the tracking energy E_track (default {d.track_weight}; 0: off; "
-                        f"{_span(SegmentConfig, 'track_weight')})")
-    p.add_argument("--lowpass-weight", type=float, default=d.lowpass_weight,
-                   help=f"weight of the low-pass DCT energy E_reg (default {d.lowpass_weight:g}; 0: off; "
-                        f"{_span(SegmentConfig, 'lowpass_weight')})")
-    p.add_argument("--guide-steps", type=int, default=d.guide_steps,
-                   help=f"guided timesteps per window (default {d.guide_steps}; 0: no latent update; "
-                        f"{_span(SegmentConfig, 'guide_steps')})")
-    p.add_argument("--guide-iters", type=int, default=d.guide_iters,
-                   help=f"latent update iterations per guided timestep (default {d.guide_iters}; "
-                        f"{_span(SegmentConfig, 'guide_iters')})")
+    _config_option(p, SegmentConfig, "track_weight", "weight of the tracking energy E_track", "0: off")
+    _config_option(p, SegmentConfig, "lowpass_weight", "weight of the low-pass DCT energy E_reg", "0: off")
+    _config_option(p, SegmentConfig, "guide_steps", "guided timesteps per window", "0: no latent update")
+    _config_option(p, SegmentConfig, "guide_iters", "latent update iterations per guided timestep")
     p.add_argument("--no-vote-output", action="store_true", help="do not vote the final maps along the tracks")
     p.add_argument("--no-edge-aware", action="store_true",
                    help="upsample the maps bilinearly (the paper's way) instead of along the frame's edges")

@@ -200,3 +200,14 @@ def test_every_package_of_the_library_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {_module_name(p) for p in CORE.rglob("__init__.py")}
     assert listed == packages
+
+
+def test_the_pack_entry_point_imports_as_a_lone_module_too():
+    """pytest imports the checkout's ``__init__.py`` as a lone module when the folder's name is not an
+    identifier (``smite-segment``, a CI clone): that must not fail (ComfyUI imports it as a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS == {}

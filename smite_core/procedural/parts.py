@@ -115,16 +115,23 @@ def warp_into(patch: np.ndarray, M: np.ndarray, H: int, W: int):
     return y0, x0, out
 
 
-def stamp(img: np.ndarray, patch: np.ndarray, M: np.ndarray, opacity: float = 1.0) -> None:
-    """Composite a premultiplied RGBA patch into ``img`` ``[H,W,3]`` in place."""
+def stamp(img: np.ndarray, patch: np.ndarray, M: np.ndarray,
+          opacity: float = 1.0) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Composite a premultiplied RGBA patch, placed by 3x3 ``M``, into ``img`` ``[H,W,3]`` in place.
+
+    Returns the region it touched (rows, columns) and the pixels there it covers (alpha > 0.5), for
+    labelling them; None when it misses the picture.
+    """
     res = warp_into(patch, M, *img.shape[:2])
     if res is None:
-        return
+        return None
     y0, x0, out = res
-    roi = img[y0:y0 + out.shape[0], x0:x0 + out.shape[1]]
+    region = (slice(y0, y0 + out.shape[0]), slice(x0, x0 + out.shape[1]))
+    roi = img[region]
     a = out[..., 3:4] * opacity
     roi *= 1 - a
     roi += out[..., :3] * opacity
+    return region, out[..., 3] > 0.5
 
 
 # ----------------------------------------------------------------------------------------------

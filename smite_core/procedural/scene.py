@@ -17,7 +17,7 @@ import numpy as np
 
 from .categories import Instance, build
 from .geometry import blob, osc, poly, prims_bbox, rotate, rrect, scale, translate, uniform
-from .parts import Part, part_matrices, random_shape_part, render_part, stamp, warp_into
+from .parts import Part, part_matrices, random_shape_part, render_part, stamp
 from .texture import eval_texture, make_noise, rand_hsv, random_texture, sample_noise
 
 
@@ -311,18 +311,12 @@ def render_scene(sc: Scene, T: int, H: int, W: int, want_motion: bool):
         layer = np.zeros((H, W), np.uint8)
         for j in range(n_parts + (sc.occ is not None)):
             patch = sc.patches[j][0] if j < n_parts else sc.occ.patch
-            res = warp_into(patch, mats[j + 1], H, W)
-            if res is None:
+            placed = stamp(img, patch, mats[j + 1])
+            if placed is None:
                 continue
-            y0, x0, out = res
-            h, w = out.shape[:2]
-            a = out[..., 3]
-            roi = img[y0:y0 + h, x0:x0 + w]
-            roi *= 1 - a[..., None]
-            roi += out[..., :3]
-            sel = a > 0.5
-            lab[y0:y0 + h, x0:x0 + w][sel] = sc.inst.parts[j].label if j < n_parts else 0
-            layer[y0:y0 + h, x0:x0 + w][sel] = j + 1
+            region, sel = placed
+            lab[region][sel] = sc.inst.parts[j].label if j < n_parts else 0
+            layer[region][sel] = j + 1
         if sc.occ is not None:
             occm[i] = layer == n_parts + 1
         frames[i] = apply_light(img, sc.light, t, X, Y, noise_rng)

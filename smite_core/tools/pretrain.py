@@ -50,7 +50,7 @@ from smite_core import procedural as P
 from smite_core.errors import InputError
 from smite_core.losses import class_weights
 from smite_core.procedural.geometry import blob, ellipse, poly, rotate, rrect, star, stroke, translate, uniform
-from smite_core.procedural.parts import Part, render_part, warp_into
+from smite_core.procedural.parts import Part, render_part, stamp
 from smite_core.procedural.scene import apply_light, make_background, sample_light
 from smite_core.procedural.texture import random_texture
 
@@ -134,16 +134,11 @@ def _composite(image: np.ndarray, labels: np.ndarray, part, M: np.ndarray, label
     """Render ``part``, place it with the 3x3 matrix ``M`` and alpha-blend it into ``image`` (float
     ``[H,W,3]``, in place); pixels it covers (alpha > 0.5) get ``label``. False when it misses the picture."""
     patch, L = render_part(part, 1.0)
-    res = warp_into(patch, M @ L, *labels.shape)
-    if res is None:
+    placed = stamp(image, patch, M @ L)
+    if placed is None:
         return False
-    y0, x0, out = res
-    h, w = out.shape[:2]
-    a = out[..., 3]
-    roi = image[y0:y0 + h, x0:x0 + w]
-    roi *= 1 - a[..., None]
-    roi += out[..., :3]
-    labels[y0:y0 + h, x0:x0 + w][a > 0.5] = label
+    region, covered = placed
+    labels[region][covered] = label
     return True
 
 
