@@ -101,7 +101,7 @@ def _numbered(path: str) -> str:
 
 
 class SaveEmbedding:
-    """Save a segment embedding as one safetensors file in ComfyUI/models/smite/."""
+    """Save a segment embedding as one safetensors file in ComfyUI/models/smite/; never overwrites unasked."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -111,28 +111,36 @@ class SaveEmbedding:
                 "filename": ("STRING", {"default": "smite_parts",
                                         "tooltip": "File name inside ComfyUI/models/smite/ (subfolders allowed); "
                                                    ".safetensors is added."}),
-                "overwrite": ("BOOLEAN", {"default": True,
-                                          "tooltip": "Replace a file of that name. Off: add a number (_00001, ...)."}),
+                "overwrite": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Replace a file of that name. Off (default): a new file gets a "
+                                                     "number (_00001, ...); the file output says which."}),
             },
         }
 
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("file",)
+    OUTPUT_TOOLTIPS = ("The name of the file written, as SMITE Load Embedding lists it (connect Preview Any to see "
+                       "it).",)
     FUNCTION = "save"
     OUTPUT_NODE = True
     CATEGORY = "SMITE/embedding"
     DESCRIPTION = ("Saves the embedding to ComfyUI/models/smite/ (the first 'smite' path of extra_model_paths.yaml "
-                   "if you set one); SMITE Load Embedding lists it after a refresh (R).")
+                   "if you set one) under a new name unless overwrite is on, and says which file it wrote; SMITE "
+                   "Load Embedding lists it after a refresh (R).")
 
-    def save(self, embedding, filename="smite_parts", overwrite=True, directory=None):
+    def save(self, embedding, filename="smite_parts", overwrite=False, directory=None):
         name = _safe_name(filename)
         root = directory or host.save_directory(host.SMITE_FOLDER)
         path = os.path.join(root, *name.split("/"))
-        if os.path.exists(path) and not overwrite:
+        existed = os.path.exists(path)
+        if existed and not overwrite:
             path = _numbered(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         embedding.save(path, overwrite=True)
-        log.info("SMITE: saved embedding %s (%d segments: %s)", path, embedding.num_segments, ", ".join(embedding.names))
-        return {"ui": {"text": [os.path.relpath(path, root).replace(os.sep, "/")]}, "result": ()}
+        written = os.path.relpath(path, root).replace(os.sep, "/")
+        log.info("SMITE: saved embedding %s%s (%d segments: %s)", path, " (replaced)" if existed and overwrite else "",
+                 embedding.num_segments, ", ".join(embedding.names))
+        return {"ui": {"text": [written]}, "result": (written,)}
 
 
 class LoadEmbedding:

@@ -16,7 +16,7 @@ from smite_core.checks import require_finite
 from smite_core.errors import InputError
 from smite_core.segment import SegmentConfig
 from smite_core.settings import widget
-from smite_core.tracking import DEFAULT_TRACKER, TRACKERS
+from smite_core.tracking import DEFAULT_TRACKER, TRACKERS, Tracker, make_tracker
 
 from . import host
 from .segment import frames_of
@@ -25,6 +25,19 @@ from .wires import LOW_PASS, TRACK_VOTE, LowPassSettings, TrackVoteSettings
 log = logging.getLogger(__name__)
 
 DEFAULTS = SegmentConfig()  # the widgets' defaults: the library's segmentation defaults
+NO_MASKS = ("SMITE TrackVote: its masks output is empty when the node is used as a guide; connect frames and masks "
+            "to de-flicker a mask video")
+
+
+class _Interruptible(Tracker):
+    """A tracker that stops at ComfyUI's Cancel before each tracker call (the bar moves after each)."""
+
+    def __init__(self, inner: Tracker):
+        self.inner, self.name = inner, inner.name
+
+    def track(self, *args, **kwargs):
+        host.check_interrupt()
+        return self.inner.track(*args, **kwargs)
 
 
 def cotracker_checkpoint() -> str | None:
@@ -81,7 +94,8 @@ class TrackVote:
     RETURN_TYPES = (TRACK_VOTE, "MASK")
     RETURN_NAMES = ("track_vote", "masks")
     OUTPUT_TOOLTIPS = ("The guide, for InflatedUNetSegment's track_vote input.",
-                       "Stand-alone use: the de-flickered masks (empty unless frames and masks are connected).")
+                       "Stand-alone use: the de-flickered masks [T,H,W]. Only with frames and masks connected; "
+                       "otherwise a node using it stops with a message saying so.")
     FUNCTION = "run"
     CATEGORY = "SMITE/guides"
     DESCRIPTION = ("Temporal voting along point tracks. Connected to InflatedUNetSegment it guides the denoising "
@@ -102,8 +116,8 @@ class TrackVote:
                                  "flow tracker")
         guide = TrackVoteSettings(tracker=tracker, track_weight=float(track_weight), vote_window=int(vote_window),
                                vote_output=bool(vote_output), tracker_checkpoint=checkpoint)
-        if frames is None and masks is None:
-            return (guide, torch.zeros((0, 64, 64), dtype=torch.float32))
+        if frames is None and masks is None:  # a guide: no mask video to give (a node using it stops and says why)
+            return (guide, host.blocked_output(NO_MASKS))
         if frames is None or masks is None:
             raise InputError("TrackVote: to de-flicker on its own connect both frames and masks")
         return (guide, self.deflicker(frames, masks, guide))
@@ -122,9 +136,9 @@ class TrackVote:
         labels = (masks > 0.5).to(torch.int64)
         if int(labels.max()) == 0:
             return labels.float()
-        report = host.progress(frames.shape[0])
-        voted = vote_video(frames, labels, tracker=guide.tracker, window=guide.vote_window, progress=report,
-                           checkpoint=guide.tracker_checkpoint)
+        report = host.progress(frames.shape[0])  # moves after every tracker call (16 frames)
+        tracker = _Interruptible(make_tracker(guide.tracker, guide.tracker_checkpoint))
+        voted = vote_video(frames, labels, tracker=tracker, window=guide.vote_window, progress=report)
         return (voted > 0).to(torch.float32)
 
 

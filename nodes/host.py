@@ -5,6 +5,9 @@ modules (``folder_paths``, ``comfy.utils``, ``comfy.model_management``) are alre
 time a custom-node pack is imported, so they are taken from ``sys.modules``. Outside ComfyUI (tests,
 scripts) every helper falls back to plain behaviour: no progress bar, no interrupts, the device
 ``auto`` of the library, model files given as explicit paths.
+
+ComfyUI's own MODEL, CLIP and VAE objects are read here too (their tensors, sampling type, loading
+and offloading), so ``comfy_model.py`` and the library never depend on ComfyUI's internals.
 """
 
 from __future__ import annotations
@@ -255,3 +258,111 @@ def soft_empty_cache() -> None:
         mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- ComfyUI's MODEL, CLIP and VAE
+
+
+class Blocked:
+    """Outside ComfyUI: what ``blocked_output`` returns (ComfyUI's ``ExecutionBlocker`` has the same field)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Blocked({self.message!r})"
+
+
+def blocked_output(message: str):
+    """An output value that stops every node using it with ``message`` (ComfyUI's ``ExecutionBlocker``);
+    for outputs that have nothing valid to give in this use of the node."""
+    graph_utils = comfy("comfy_execution.graph_utils")
+    if graph_utils is not None and hasattr(graph_utils, "ExecutionBlocker"):
+        return graph_utils.ExecutionBlocker(message)
+    return Blocked(message)
+
+
+def model_kind(model) -> str:
+    """What ComfyUI recognised a MODEL as (its model config's class: SD15, SD20, SDXL, Flux, ...)."""
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    return type(config).__name__ if config is not None else type(base).__name__
+
+
+def unet_state(model) -> dict:
+    """The MODEL's UNet weights as they are now (LDM layout, ComfyUI's own tensors, no copy)."""
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if unet is None:
+        raise InputError(f"model: not a ComfyUI MODEL with a diffusion UNet ({type(model).__name__})")
+    return unet.state_dict()
+
+
+def vae_state(vae) -> dict:
+    """The VAE's weights as they are now (LDM layout, ComfyUI's own tensors, no copy)."""
+    first_stage = getattr(vae, "first_stage_model", None)
+    if first_stage is None:
+        raise InputError(f"vae: not a ComfyUI VAE ({type(vae).__name__})")
+    return first_stage.state_dict()
+
+
+def prediction_type(model) -> str | None:
+    """``epsilon`` or ``v_prediction`` from the MODEL's sampling object (ModelSamplingDiscrete patches
+    included); None for any other objective (EDM, flow, x0, ...)."""
+    sampling = comfy("comfy.model_sampling")
+    if sampling is None:  # outside ComfyUI (tests): the model type's name
+        kind = getattr(getattr(getattr(model, "model", None), "model_type", None), "name", "")
+        return {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(kind)
+    obj = model.get_model_object("model_sampling")
+    if not isinstance(obj, sampling.ModelSamplingDiscrete):
+        return None
+    other = tuple(getattr(sampling, n) for n in ("EDM", "X0", "CONST") if hasattr(sampling, n))
+    if isinstance(obj, other):
+        return None
+    if isinstance(obj, sampling.V_PREDICTION):
+        return "v_prediction"
+    return "epsilon" if isinstance(obj, sampling.EPS) else None
+
+
+def encode_prompt_ids(clip, ids: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's CLIP output ``[1,77,D]`` for the token ids ``ids [1,77]`` at the text encoder's own layer
+    (CLIP Set Last Layer is not applied, as the single-file loader uses that layer too); LoRA patches on
+    the CLIP are in effect. Loads the CLIP through ComfyUI's model management."""
+    if clip is None or not hasattr(clip, "encode_from_tokens"):
+        raise InputError("clip: not a ComfyUI CLIP (the checkpoint has no text encoder?)")
+    clip = clip.clone()
+    clip.layer_idx = None
+    keys = list(clip.tokenize(""))
+    if len(keys) != 1:
+        raise InputError(f"clip: {len(keys)} text encoders ({', '.join(keys)}); SMITE needs the one of SD 1.x/2.x")
+    tokens = {keys[0]: [[(int(i), 1.0) for i in ids[0].tolist()]]}
+    return clip.encode_from_tokens(tokens)
+
+
+def _patchers(model, vae) -> list:
+    return [model] + ([vae.patcher] if getattr(vae, "patcher", None) is not None else [])
+
+
+def load_models(model, vae) -> None:
+    """Load the MODEL (its weight patches applied) and the VAE with ComfyUI's model management, whole:
+    SMITE runs its own modules on these tensors, so a partial (low-VRAM) load is refused."""
+    mm = comfy("comfy.model_management")
+    if mm is None:
+        return
+    patchers = _patchers(model, vae)
+    mm.load_models_gpu(patchers, force_full_load=True)
+    for patcher in patchers:
+        if getattr(getattr(patcher, "model", None), "model_lowvram", False):
+            raise InputError("model: ComfyUI loaded it only partly (low-VRAM mode); SMITE needs the whole model on "
+                             "one device: free VRAM, or start ComfyUI without --lowvram/--novram")
+
+
+def unload_models(model, vae) -> None:
+    """Offload the MODEL and VAE again (their patches removed) through ComfyUI's model management."""
+    mm = comfy("comfy.model_management")
+    if mm is None:
+        return
+    patchers = _patchers(model, vae)
+    for loaded in list(getattr(mm, "current_loaded_models", [])):
+        if any(loaded.model is p for p in patchers) and loaded.model_unload():
+            mm.current_loaded_models.remove(loaded)
+    mm.soft_empty_cache()

@@ -15,7 +15,11 @@ from .wires import MODEL, SmiteModel
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny (embedded)"
+TINY = "tiny (demo: synthetic examples only)"
+OLD_TINY = ("tiny (embedded)", "tiny")  # earlier names of the same choice (saved workflows keep working)
+DEMO_NOTE = ("SMITE: the embedded 'tiny' backbone is a 10 MB demo model trained on procedural pictures only, for the "
+             "synthetic examples; on real footage use a Stable Diffusion 1.x/2.x checkpoint (SMITE Model From "
+             "Checkpoint after Load Checkpoint, or a checkpoint in this list)")
 CHECKPOINT_PREFIX = "checkpoints/"
 DIFFUSERS_PREFIX = "diffusers/"
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -38,8 +42,8 @@ def resolve_model(choice: str) -> str:
     """
     choice = str(choice if choice is not None else "").strip()
     if not choice:
-        raise InputError("model: no backbone chosen (pick 'tiny (embedded)', a checkpoint or a diffusers folder)")
-    if choice in (TINY, "tiny"):
+        raise InputError(f"model: no backbone chosen (pick {TINY!r}, a checkpoint or a diffusers folder)")
+    if choice == TINY or choice in OLD_TINY:
         return "tiny"
     if choice.startswith(CHECKPOINT_PREFIX) and host.inside_comfyui():
         return host.full_path("checkpoints", choice[len(CHECKPOINT_PREFIX):])
@@ -59,9 +63,11 @@ class ModelLoader:
             "required": {
                 "model": (model_choices(), {
                     "default": TINY,
-                    "tooltip": "The backbone. 'tiny (embedded)' ships with the pack (no download). Stable Diffusion "
-                               "1.x/2.x single files come from ComfyUI/models/checkpoints, diffusers pipelines from "
-                               "ComfyUI/models/diffusers (extra_model_paths.yaml is respected)."}),
+                    "tooltip": "The backbone. 'tiny' is a demo model shipped with the pack, trained on procedural "
+                               "pictures only: it is for the synthetic examples and does not work on real footage. "
+                               "For real video pick a Stable Diffusion 1.x/2.x file from ComfyUI/models/checkpoints or "
+                               "a diffusers folder from ComfyUI/models/diffusers (extra_model_paths.yaml is "
+                               "respected), or use SMITE Model From Checkpoint after core Load Checkpoint."}),
                 "dtype": (DTYPES, {
                     "default": "auto",
                     "tooltip": "Precision of the backbone. auto: fp32 on CPU, bf16/fp16 on GPUs as ComfyUI "
@@ -87,8 +93,16 @@ class ModelLoader:
     OUTPUT_TOOLTIPS = ("The loaded backbone, for LearnSegmentEmbedding, InvertVideo and InflatedUNetSegment.",)
     FUNCTION = "load"
     CATEGORY = "SMITE/loaders"
-    DESCRIPTION = ("Loads the Stable Diffusion backbone for SMITE: the embedded tiny model, an SD 1.x/2.x "
-                   "checkpoint or a diffusers folder. Offline only.")
+    DESCRIPTION = ("Loads the backbone for SMITE from a file: an SD 1.x/2.x checkpoint, a diffusers folder or the "
+                   "embedded tiny demo model (synthetic examples only). To use the checkpoint ComfyUI has already "
+                   "loaded, use SMITE Model From Checkpoint instead. Offline only.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model):
+        """The list, plus the earlier names of the tiny choice (workflows saved before it was renamed)."""
+        if model in OLD_TINY or model in model_choices():
+            return True
+        return f"model: {model!r} is not in the list (the tiny demo model, ComfyUI's checkpoints, diffusers folders)"
 
     @classmethod
     def IS_CHANGED(cls, model, dtype="auto", keep_loaded=False, device="auto", prediction_type="auto"):
@@ -119,6 +133,8 @@ class ModelLoader:
             raise BackboneError(f"{source}: cannot load ({type(exc).__name__}: {exc})") from exc
         handle = SmiteModel(backbone=backbone, source=source, load_device=load_device, offload_device=offload,
                             keep_loaded=bool(keep_loaded))
+        if source == "tiny":
+            log.warning(DEMO_NOTE)
         if not backbone.components.extra.get("trained", True):
             log.warning("SMITE: the embedded backbone's trained weights are not in this build; it is a random "
                         "initialisation, so masks will not be meaningful")

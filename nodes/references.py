@@ -50,11 +50,13 @@ class LoadReferences:
                                             "Not needed when a folder is given."}),
             "label_map": ("IMAGE", {"tooltip": "Label map(s) for the images, same size: SMITE palette colours, "
                                                "greyscale ids (value = segment id) or any colour coding (each "
-                                               "non-black colour a segment, in sorted RGB order). Use this or the masks."}),
+                                               "non-black colour a segment, in sorted RGB order). Use this or the "
+                                               "masks."}),
         }
         for i in range(1, MASK_SLOTS + 1):
             optional[f"mask_{i}"] = ("MASK", {"tooltip": f"Mask of segment {i} for every reference image "
-                                                          "([N,H,W], > 0.5 is inside). Smaller masks win where masks overlap."})
+                                                          "([N,H,W], > 0.5 is inside). Smaller masks win where masks "
+                                                          "overlap."})
         optional["folder"] = ("STRING", {
             "default": "",
             "tooltip": "Instead of images: a folder in the CLI layout (images/, labels/, optional segments.json)."})
@@ -62,8 +64,9 @@ class LoadReferences:
             "required": {
                 "segment_names": ("STRING", {
                     "default": "",
-                    "tooltip": "Segment names in id order, comma separated (mask_1, mask_2, ... or label ids 1, 2, ...). "
-                               "Empty: segment1, segment2, ... (a folder's segments.json is used if present)."}),
+                    "tooltip": "Segment names in id order, comma separated (mask_1, mask_2, ... or label ids 1, "
+                               "2, ...). Empty: segment1, segment2, ... (a folder's segments.json is used if "
+                               "present)."}),
             },
             "optional": optional,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -12,9 +13,11 @@ from smite_core.checks import require_finite
 from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
 from smite_core.inversion import DEFAULT_TIMESTEPS, check_timesteps, encode_frames, working_size
-from smite_core.segment import SegmentConfig, segment_frames
+from smite_core.profiling import Profiler
+from smite_core.segment import SegmentConfig, segment_stream, window_spans
 from smite_core.settings import MAX_SIDE, check_side, check_value, widget
 from smite_core.tracking import NO_TRACKING
+from smite_core.video_io import FrameSource
 from smite_core.was import labels_from_was
 
 from . import host
@@ -22,7 +25,7 @@ from .wires import EMBEDDING, LATENT, LOW_PASS, MODEL, SEGMENTS, TRACK_VOTE, Seg
 
 log = logging.getLogger(__name__)
 
-ENCODE_BATCH = 8
+ENCODE_BATCH = 8  # frames VAE-encoded at a time on a GPU (one at a time on a CPU: the bar moves per frame)
 DEFAULTS = SegmentConfig()  # the widgets' defaults: the library's segmentation defaults
 
 
@@ -52,6 +55,37 @@ def make_config(fields: dict) -> SegmentConfig:
     config = SegmentConfig(**{k: v for k, v in fields.items() if k in known})
     config.validate()
     return config
+
+
+def planned_unet_passes(config: SegmentConfig, num_frames: int) -> int:
+    """The UNet passes ``segment_stream`` makes for ``num_frames`` frames: one reference pass per window,
+    plus per guided step ``guide_iters`` passes per sub-slice of ``guide_slice`` frames and one after it."""
+    passes = 0
+    for start, stop in window_spans(num_frames, config.window, config.overlap):
+        passes += 1
+        if config.temporal and config.guided:
+            steps = max(0, min(config.guide_steps, config.timesteps[0] - 1))
+            slices = -(-(stop - start) // config.guide_slice)
+            passes += steps * (config.guide_iters * slices + 1)
+    return passes
+
+
+class PassProgress(Profiler):
+    """ComfyUI's progress bar over UNet passes: the profiler hears a ``unet`` stage for every pass
+    (reference passes, guidance iterations), and each finished pass moves the bar (an interrupt point
+    too). The total grows if the run makes more passes than planned (an out-of-memory retry)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = max(1, int(total)), 0
+        self.report = host.progress(self.total)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, items: int = 0):
+        yield
+        if name == "unet":
+            self.done += 1
+            self.total = max(self.total, self.done)
+            self.report(self.done, self.total)
 
 
 def plain_embedding(embedding: SegmentEmbedding) -> SegmentEmbedding:
@@ -110,8 +144,10 @@ class InvertVideo:
         with model.use() as backbone:
             check_side(int(size) or None, backbone.size_multiple)
             hw = working_size(backbone, tuple(frames.shape[1:3]), int(size) or None)
-            for start in range(0, total, ENCODE_BATCH):
-                stop = min(total, start + ENCODE_BATCH)
+            batch = ENCODE_BATCH if backbone.device.type != "cpu" else 1
+            for start in range(0, total, batch):
+                host.check_interrupt()
+                stop = min(total, start + batch)
                 out.append(encode_frames(backbone, frames[start:stop], hw).float().cpu())
                 report(stop, total)
         latent = VideoLatent(latents=torch.cat(out), frames=frames, size=hw,
@@ -181,14 +217,15 @@ class InflatedUNetSegment:
             fields.update(low_pass.config_fields())
         config = make_config(fields)
         total = latent.num_frames
-        report = host.progress(total)
+        bar = PassProgress(planned_unet_passes(config, total))  # moves after every UNet pass
         started = time.perf_counter()
         with torch.inference_mode(False):  # guidance needs gradients; ComfyUI runs nodes in inference mode
             frames, latents = plain(latent.frames), plain(latent.latents)
             with model.use() as backbone:
-                was = segment_frames(backbone, plain_embedding(embedding), frames, config, progress=report,
-                                     latents=latents, say=lambda message: log.warning("SMITE: %s", message),
-                                     interrupt=host.check_interrupt)
+                stream = segment_stream(backbone, plain_embedding(embedding), FrameSource.from_tensor(frames), config,
+                                        latents=latents, say=lambda message: log.warning("SMITE: %s", message),
+                                        profiler=bar, interrupt=host.check_interrupt)
+                was = torch.stack([maps for _, maps in stream])
         labels = labels_from_was(was, tuple(latent.frames.shape[1:3]), latent.frames)  # edge-aware
         log.info("SMITE: segmented %d frames into %d segments (%.0f s%s)", total, embedding.num_segments,
                  time.perf_counter() - started, ", guided" if config.temporal else "")

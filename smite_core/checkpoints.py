@@ -79,7 +79,7 @@ def load_diffusers_folder(path, dtype=torch.float32, prediction_type: str | None
         try:
             return fn()
         except Exception as err:  # library errors vary by version; keep the first line
-            raise BackboneError(f"cannot load {root / what}: {_first_line(err)}") from err
+            raise BackboneError(f"cannot load {root / what}: {first_line(err)}") from err
 
     opts = dict(local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     unet = load("unet", lambda: UNet2DConditionModel.from_pretrained(root, subfolder="unet", **opts))
@@ -104,7 +104,7 @@ def load_diffusers_folder(path, dtype=torch.float32, prediction_type: str | None
         try:
             found = json.loads(sched_file.read_text())
         except (OSError, ValueError) as err:
-            raise BackboneError(f"cannot read {sched_file}: {_first_line(err)}") from err
+            raise BackboneError(f"cannot read {sched_file}: {first_line(err)}") from err
         sched_cfg.update({k: v for k, v in found.items() if not k.startswith("_")})
     pred = prediction_type or sched_cfg.get("prediction_type") or "epsilon"
     if pred not in PREDICTION_TYPES:
@@ -122,7 +122,7 @@ def load_diffusers_folder(path, dtype=torch.float32, prediction_type: str | None
         empty = torch.tensor([base["smite"]["empty_prompt_ids"]], dtype=torch.long)
 
     return Components(
-        unet=unet, vae=vae, text_encoder=text_encoder, scheduler=_ddim(sched_cfg, pred),
+        unet=unet, vae=vae, text_encoder=text_encoder, scheduler=ddim_scheduler(sched_cfg, pred),
         family=family, prediction_type=pred, empty_prompt_ids=empty,
         resolution=int(base["smite"]["resolution"]), source=str(root), tokenizer=tokenizer,
         extra={"format": "diffusers",
@@ -148,11 +148,11 @@ def load_single_file(path, dtype=torch.float32, prediction_type: str | None = No
     family = _detect_family(state, file)
     base = read_family_config(family)
     try:
-        unet_cfg = _unet_config(state, base["unet"], family)
-        vae_cfg = _vae_config(state, base["vae"])
+        unet_cfg = unet_config_from_state(state, base["unet"], family)
+        vae_cfg = vae_config_from_state(state, base["vae"])
         text_cfg = _text_config(state, base["text_encoder"], family)
     except (KeyError, IndexError, ValueError, AttributeError, StopIteration) as err:
-        raise BackboneError(f"{file}: unrecognised {family} layout ({_first_line(err)})") from err
+        raise BackboneError(f"{file}: unrecognised {family} layout ({first_line(err)})") from err
 
     pred, pred_source = _detect_prediction(state, metadata, family, unet_cfg, prediction_type)
     if family == "sd2" and pred == "v_prediction":
@@ -162,16 +162,16 @@ def load_single_file(path, dtype=torch.float32, prediction_type: str | None = No
     try:
         unet_sd, vae_sd, text_sd = _convert(state, family, unet_cfg, vae_cfg, text_encoder)
     except Exception as err:  # the converters index keys they assume; any failure = bad layout
-        raise BackboneError(f"{file}: cannot convert the {family} weights ({_first_line(err)})") from err
+        raise BackboneError(f"{file}: cannot convert the {family} weights ({first_line(err)})") from err
     del state
     text_sd = _fit_text_keys(text_sd, text_encoder)
-    _assign(unet, unet_sd, file, "UNet")
-    _assign(vae, vae_sd, file, "VAE")
-    _assign(text_encoder, text_sd, file, "text encoder")
+    assign_state(unet, unet_sd, file, "UNet")
+    assign_state(vae, vae_sd, file, "VAE")
+    assign_state(text_encoder, text_sd, file, "text encoder")
 
     return Components(
         unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-        scheduler=_ddim(base["scheduler"], pred), family=family, prediction_type=pred,
+        scheduler=ddim_scheduler(base["scheduler"], pred), family=family, prediction_type=pred,
         empty_prompt_ids=torch.tensor([base["smite"]["empty_prompt_ids"]], dtype=torch.long),
         resolution=int(base["smite"]["resolution"]), source=str(file), tokenizer=None,
         extra={"format": "single_file", "prediction_type_source": pred_source,
@@ -195,7 +195,7 @@ def random_components(family: str, seed: int = 0, dtype=torch.float32) -> Compon
         _fill_random_(model, g, dtype)
     return Components(
         unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-        scheduler=_ddim(cfg["scheduler"], "epsilon"), family=family, prediction_type="epsilon",
+        scheduler=ddim_scheduler(cfg["scheduler"], "epsilon"), family=family, prediction_type="epsilon",
         empty_prompt_ids=torch.tensor([cfg["smite"]["empty_prompt_ids"]], dtype=torch.long),
         resolution=int(cfg["smite"]["resolution"]), source=f"random-{family}", tokenizer=None,
         extra={"format": "random", "seed": int(seed)},
@@ -206,7 +206,8 @@ def random_components(family: str, seed: int = 0, dtype=torch.float32) -> Compon
 # reading and recognising a single file
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (for one-line errors)."""
     text = str(err).strip().splitlines()
     line = text[0] if text else type(err).__name__
     return line[:300]
@@ -240,7 +241,7 @@ def _read_state_dict(file: Path, dtype) -> tuple[dict, dict]:
                 state = {k: torch.empty(0) if marker(k) else cast(f.get_tensor(k))
                          for k in f.keys() if wanted(k) or marker(k)}
         except Exception as err:  # SafetensorError, OSError, ...: a damaged or foreign file
-            raise BackboneError(f"cannot read {file} as safetensors: {_first_line(err)}") from err
+            raise BackboneError(f"cannot read {file} as safetensors: {first_line(err)}") from err
         return state, metadata
     if suffix in TORCH_SUFFIXES:
         try:
@@ -248,7 +249,7 @@ def _read_state_dict(file: Path, dtype) -> tuple[dict, dict]:
         except Exception as err:
             raise BackboneError(
                 f"cannot read {file} with torch.load(weights_only=True) (nothing is unpickled; "
-                f"convert it to .safetensors): {_first_line(err)}") from err
+                f"convert it to .safetensors): {first_line(err)}") from err
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -296,7 +297,7 @@ def _detect_family(state: dict, file: Path) -> str:
     return family
 
 
-def _unet_config(state: dict, base: dict, family: str) -> dict:
+def unet_config_from_state(state: dict, base: dict, family: str) -> dict:
     """The family UNet config with every shape field read from the ``model.diffusion_model.*`` keys."""
     p = UNET_PREFIX
     blocks = {".".join(k.split(".")[2:5]) for k in state if k.startswith(p)}  # e.g. input_blocks.4.1
@@ -345,7 +346,7 @@ def _unet_config(state: dict, base: dict, family: str) -> dict:
     return cfg
 
 
-def _vae_config(state: dict, base: dict) -> dict:
+def vae_config_from_state(state: dict, base: dict) -> dict:
     """The family VAE config with channels and depth read from the ``first_stage_model.*`` keys."""
     p = VAE_PREFIX + "encoder.down."
     n = 1 + max(int(k[len(p):].split(".")[0]) for k in state if k.startswith(p))
@@ -427,7 +428,7 @@ def _detect_prediction(state, metadata, family, unet_cfg, explicit) -> tuple[str
 
 
 @contextlib.contextmanager
-def _parameters_on_meta():
+def parameters_on_meta():
     """While building: put parameters on the meta device (no memory, no random init) but keep
     buffers real (e.g. CLIP's non-persistent ``position_ids``). Patches ``nn.Module`` briefly."""
     register = nn.Module.register_parameter
@@ -448,7 +449,7 @@ def _build_on_meta(unet_cfg: dict, vae_cfg: dict, text_cfg: dict):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with _parameters_on_meta():
+    with parameters_on_meta():
         unet = UNet2DConditionModel.from_config(unet_cfg)
         vae = AutoencoderKL.from_config(vae_cfg)
         text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(text_cfg))
@@ -490,14 +491,14 @@ def _fit_text_keys(text_sd: dict, text_encoder) -> dict:
     return out
 
 
-def _assign(model: nn.Module, state: dict, file: Path, what: str):
+def assign_state(model: nn.Module, state: dict, file: Path, what: str):
     """Load converted weights into a meta-built model by assignment; any mismatch is an error."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as err:  # size mismatch
         lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
         raise BackboneError(f"{file}: {what} weights do not fit the architecture: "
-                            f"{(lines or [_first_line(err)])[0]}") from err
+                            f"{(lines or [first_line(err)])[0]}") from err
     if missing or unexpected:
         raise BackboneError(f"{file}: {what} weights do not match the architecture: "
                             f"{len(missing)} missing {sorted(missing)[:3]}, "
@@ -537,7 +538,7 @@ def _fill_random_(model: nn.Module, generator: torch.Generator, dtype):
             setattr(module, name, nn.Parameter(value, requires_grad=param.requires_grad))
 
 
-def _ddim(cfg: dict, prediction_type: str):
+def ddim_scheduler(cfg: dict, prediction_type: str):
     """A ``DDIMScheduler`` from a config dict, keeping only the keys DDIM understands."""
     from diffusers import DDIMScheduler
 

@@ -224,7 +224,8 @@ def cmd_vote(args) -> int:
             if segments.is_file():
                 shutil.copyfile(segments, tmp / "segments.json")
             overlay_name = None if args.overlay == "none" else f"overlay.{args.overlay}"
-            writer = stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps)) if overlay_name else None
+            writer = (stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps))
+                      if overlay_name else None)
             stream = iter_vote_labels(source.read, read_labels, len(paths), num_classes, tracker, args.vote_window,
                                       args.max_grid, progress=_progress_bar("voting", len(paths), "frame"))
             changed = 0
@@ -497,7 +498,8 @@ def _add_batch_parser(sub) -> None:
                         "per GPU slot, or per CPU, of the cluster)")
     p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
                    help="run on an existing Ray cluster: 'auto' (the one this machine belongs to) or its address "
-                        f"(host:6379, ray://host:10001); default: none, local processes. Needs Ray: {batch.RAY_INSTALL}")
+                        f"(host:6379, ray://host:10001); default: none, local processes. Needs Ray: "
+                        f"{batch.RAY_INSTALL}")
     p.add_argument("--gpus-per-video", type=float, default=batch.DEFAULT_GPUS, metavar="G",
                    help=f"with --ray: GPUs each worker asks Ray for (default {batch.DEFAULT_GPUS:g}: one CPU each; "
                         "0.5: two workers share a GPU)")

@@ -2,8 +2,8 @@
 
 Layout: ``OUT/labels/00000.png ...`` (palette PNGs at the input frame size), ``OUT/overlay.mp4``
 (or ``.gif``, with a colour key) and ``OUT/segments.json`` (``{"segments": names, "colors": [[r,g,b],
-...]}``: segment ``i`` is palette colour ``i`` in the PNGs and the overlay). The folder is assembled under a temporary name and
-renamed at the end (``fileio.atomic_dir``).
+...]}``: segment ``i`` is palette colour ``i`` in the PNGs and the overlay). The folder is assembled
+under a temporary name and renamed at the end (``fileio.atomic_dir``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,12 @@
 - :func:`load_pack` imports the pack exactly as ComfyUI does (its ``__init__.py`` by file location).
 - :func:`run_api_workflow` validates and executes an API-format graph in topological order, inside
   ``torch.inference_mode()`` as ComfyUI does, with stand-ins for the few core nodes the example
-  workflows use (``CORE_NODES``: same input specs as ComfyUI v0.3.x; they write real files).
+  workflows use (``CORE_NODES``: same input specs as ComfyUI v0.3.x; they write real files; Load
+  Checkpoint gives stand-ins of ComfyUI's MODEL, CLIP and VAE holding the file's tensors in the
+  original layout, made in inference mode as ComfyUI makes them). An output a node blocked
+  (``host.Blocked``, ComfyUI's ``ExecutionBlocker``) stops the node using it with its message.
+- UI-only nodes (``Note``, ``MarkdownNote``: text on the canvas) are kept by :func:`api_to_ui` from the
+  existing UI file; they are not part of the API graph.
 - :func:`api_to_ui` lays an API graph out as a UI-format workflow (what File -> Save writes) and
   :func:`check_ui_workflow` checks one against node specs (types known, links, widget counts).
 
@@ -14,11 +19,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import sys
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+UI_ONLY = ("Note", "MarkdownNote")  # frontend-only nodes: text on the canvas, never queued
 
 
 # ----------------------------------------------------------------------------- the pack
@@ -144,7 +152,99 @@ class SaveVideo(_Core):
         return {"ui": {"videos": [str(path)]}}
 
 
-CORE_NODES = {cls.__name__: cls for cls in (SaveImage, PreviewImage, MaskToImage, CreateVideo, SaveVideo)}
+class PreviewAny(_Core):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("*", {})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "main"
+    OUTPUT_NODE = True
+
+    def main(self, source=None):
+        return {"ui": {"text": (source if isinstance(source, str) else json.dumps(source),)}}
+
+
+# ComfyUI's MODEL (a ModelPatcher), CLIP and VAE, as far as the pack reads them (nodes/host.py)
+
+
+class _StateModule:
+    """Stands in for a ComfyUI torch module: only ``state_dict()`` is read."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+
+class StandInModel:
+    """ComfyUI's MODEL: ``model.diffusion_model`` (LDM-layout UNet), ``model.model_config`` (its class name says
+    what ComfyUI recognised), ``model.model_type`` (EPS / V_PREDICTION)."""
+
+    def __init__(self, unet_state: dict, kind: str = "SD15", model_type: str = "EPS"):
+        self.model = SimpleNamespace(diffusion_model=_StateModule(unet_state), model_config=type(kind, (), {})(),
+                                     model_type=SimpleNamespace(name=model_type))
+        self.load_device = torch.device("cpu")
+
+
+class StandInVAE:
+    def __init__(self, vae_state: dict):
+        self.first_stage_model = _StateModule(vae_state)
+        self.patcher = None
+
+
+class StandInCLIP:
+    """ComfyUI's CLIP: ``tokenize`` names the text encoder, ``encode_from_tokens`` encodes token ids."""
+
+    def __init__(self, text_encoder, key: str = "l"):
+        self.text_encoder, self.key, self.layer_idx = text_encoder, key, None
+        self.encoded: list = []
+
+    def clone(self):
+        return copy.copy(self)
+
+    def tokenize(self, text: str) -> dict:
+        return {self.key: [[(49406, 1.0), (49407, 1.0)]]}
+
+    def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict=False):
+        ids = torch.tensor([[token for token, _ in tokens[self.key][0]]])
+        self.encoded.append(ids)
+        with torch.no_grad():
+            return self.text_encoder(ids)[0].float()
+
+
+def comfy_objects(path: Path) -> tuple:
+    """(MODEL, CLIP, VAE) stand-ins for an SD 1.x/2.x single file, its tensors made in inference mode."""
+    from safetensors.torch import load_file
+
+    from smite_core.checkpoints import VAE_PREFIX, UNET_PREFIX, load_single_file
+
+    state = load_file(str(path))
+    with torch.inference_mode():
+        unet = {k[len(UNET_PREFIX):]: v.clone() for k, v in state.items() if k.startswith(UNET_PREFIX)}
+        vae = {k[len(VAE_PREFIX):]: v.clone() for k, v in state.items() if k.startswith(VAE_PREFIX)}
+    components = load_single_file(path)
+    key = "l" if components.family == "sd1" else "h"
+    return StandInModel(unet), StandInCLIP(components.text_encoder.eval(), key), StandInVAE(vae)
+
+
+class CheckpointLoaderSimple(_Core):
+    FILES: dict = {}  # name -> path: what the test put in "models/checkpoints"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (sorted(cls.FILES), {})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load_checkpoint"
+
+    def load_checkpoint(self, ckpt_name):
+        return comfy_objects(Path(self.FILES[ckpt_name]))
+
+
+CORE_NODES = {cls.__name__: cls for cls in (SaveImage, PreviewImage, MaskToImage, CreateVideo, SaveVideo, PreviewAny,
+                                            CheckpointLoaderSimple)}
 
 
 # ----------------------------------------------------------------------------- API format
@@ -212,7 +312,7 @@ def validate_node(nid: str, node: dict, cls, api: dict, classes: dict) -> list[s
             source = api[value[0]]
             returned = classes[source["class_type"]].RETURN_TYPES[value[1]]
             want = "COMBO" if isinstance(kind, list) else kind
-            if returned != want and not (want == "STRING" and returned == "STRING"):
+            if returned != want and want != "*":
                 errors.append(f"{nid}.{name}: {source['class_type']} output {value[1]} is {returned}, wants {want}")
             continue
         if name in validate_args:
@@ -264,6 +364,9 @@ def run_api_workflow(api: dict, node_classes: dict, output_dir: Path, overrides:
             node = api[nid]
             cls = classes[node["class_type"]]
             kwargs = {k: (results[v[0]][v[1]] if _is_link(v) else v) for k, v in node["inputs"].items()}
+            blocked = [v for v in kwargs.values() if type(v).__name__ in ("Blocked", "ExecutionBlocker")]
+            if blocked:  # as ComfyUI: the node does not run, the prompt fails with the blocking node's message
+                raise RuntimeError(f"Execution Blocked: {blocked[0].message}")
             kwargs.update((extra or {}).get(nid, {}))
             out = getattr(cls(), cls.FUNCTION)(**kwargs)
             if isinstance(out, dict):
@@ -386,9 +489,11 @@ def api_to_ui(api: dict, infos: dict, previous: dict | None = None) -> dict:
         for out in node["outputs"]:
             if not out["links"]:
                 out["links"] = None
-    return {"last_node_id": max(int(n) for n in api), "last_link_id": link_id,
-            "nodes": [nodes[n] for n in order], "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+    notes = [n for n in (previous or {}).get("nodes", []) if n["type"] in UI_ONLY]  # kept as they are
+    extra = (previous or {}).get("extra") or {"ds": {"scale": 0.8, "offset": [0, 0]}}
+    return {"last_node_id": max([int(n) for n in api] + [int(n["id"]) for n in notes]), "last_link_id": link_id,
+            "nodes": [nodes[n] for n in order] + notes, "links": links, "groups": [], "config": {},
+            "extra": extra, "version": 0.4}
 
 
 def _num(x) -> bool:
@@ -436,6 +541,10 @@ def check_ui_workflow(ui: dict, infos: dict) -> list[str]:
     errors = _schema_errors(ui)
     nodes = {n["id"]: n for n in ui.get("nodes", [])}
     for node in nodes.values():
+        if node["type"] in UI_ONLY:
+            if node.get("inputs") or node.get("outputs"):
+                errors.append(f"node {node['id']} {node['type']}: a note has no inputs or outputs")
+            continue
         info = infos.get(node["type"])
         if info is None:
             errors.append(f"node {node['id']}: missing node type {node['type']}")
@@ -472,6 +581,8 @@ def ui_to_api(ui: dict, infos: dict) -> dict:
     links = {link[0]: link for link in ui["links"]}
     api = {}
     for node in ui["nodes"]:
+        if node["type"] in UI_ONLY:
+            continue
         info = infos[node["type"]]
         values = list(node.get("widgets_values", []))
         inputs = {}

@@ -118,12 +118,22 @@ CATALOGUE = [
      "CLI", "test_cli_unsupported_checkpoint"),
     ("unsupported checkpoint in the Model Loader", "BackboneError naming the file",
      "nodes", "test_nodes_unsupported_checkpoint"),
+    ("SDXL / SD3 / Flux / unCLIP / inpainting MODEL into SMITE Model From Checkpoint",
+     "BackboneError, one line: 'SMITE supports Stable Diffusion 1.x and 2.x checkpoints; this MODEL is <name> ...'",
+     "nodes", "test_nodes.py::test_model_from_checkpoint_refuses_other_models_in_one_line"),
+    ("a host's weights in fp8 or mixed dtypes, on several devices, missing or of another shape",
+     "BackboneError; nothing stays bound", "library", "test_shared_weights.py::test_bad_host_inputs_are_refused"),
     # ---- paths
     ("model-folder names with '..', absolute paths, drives, NUL; lookups resolving outside",
      "InputError; nothing outside the model folders is read or written", "nodes",
      "test_nodes_names_cannot_leave_model_folders"),
     ("SaveEmbedding file names escaping models/smite", "InputError",
      "nodes", "test_nodes.py::test_learn_save_load_round_trip"),
+    ("SaveEmbedding onto an existing file name", "a numbered new file unless overwrite is on; the name is output",
+     "nodes", "test_nodes.py::test_learn_save_load_round_trip"),
+    ("TrackVote's masks output used while the node is a guide (no frames/masks)",
+     "the node using it stops with one line saying why (ExecutionBlocker)", "nodes",
+     "test_nodes.py::test_trackvote_alone_deflickers_a_mask_video"),
     # ---- writes
     ("output exists", "refused without --overwrite, before any work", "CLI", "test_cli.py::test_learn_segment_eval"),
     ("output path is a folder where a file is written, or a file where a folder is", "exit 2, one line",
@@ -141,6 +151,9 @@ CATALOGUE = [
      "test_cli_interrupted_segmentation_writes_nothing"),
     ("ComfyUI cancel during learning", "stops at the next step", "nodes",
      "test_nodes.py::test_progress_interrupt_and_memory_release_inside_comfyui"),
+    ("ComfyUI cancel during segmentation or TrackVote", "stops after the current UNet pass (tracker call); the bar "
+     "moved after every pass", "nodes",
+     "test_nodes.py::test_segmentation_progress_moves_every_unet_pass_and_cancel_stops_within_one"),
     ("cancel during learning or segmentation", "raised before the next UNet pass (within one pass)",
      "library", "test_newcomer.py::test_learning_stops_within_one_pass"),
     ("out of memory in a window", "retried with half the guide slice, then half the window; said; video "

@@ -12,8 +12,13 @@ Each ``workflows/*.json`` is loaded the way the template browser loads it (fetch
 missing (the frontend's own ``afterConfigureGraph`` list, ``LiteGraph.registered_node_types``, the node
 classes), no dialog, toast, console error/warning or exception may appear, every widget value must be
 the file's and valid for its widget, the links must be the file's, and ``app.graphToPrompt()`` must
-give exactly the API twin in ``workflows/api/``. Nothing is queued. ``SMITE_BROWSER_LOG`` (a file
-path) keeps the ComfyUI log.
+give exactly the API twin in ``workflows/api/``. Then each workflow is queued from the page (as the Run
+button does; the Load Checkpoint workflow on 4 frames at 64 px, its checkpoint being a full-size SD 1.5 with
+random weights on a CPU), and after the run, in a 1920x1080 window at the workflow's saved zoom, no
+node showing a result (image, video or text preview) may overlap another node's box (the rectangles of
+the graph's nodes, title bar included) and every node must lie inside the visible canvas. A screenshot of
+each is kept in ``SMITE_SCREENSHOTS`` (a folder) when set. ``SMITE_BROWSER_LOG`` (a file path) keeps the
+ComfyUI log.
 """
 
 import itertools
@@ -27,8 +32,11 @@ import threading
 import time
 from pathlib import Path
 
+import base64
+
 import pytest
-from graph_runner import API_WORKFLOWS, WORKFLOWS
+from graph_runner import API_WORKFLOWS, UI_ONLY, WORKFLOWS
+from test_comfy_server import sd15_files  # noqa: F401 - the checkpoint Load Checkpoint lists (workflow 4)
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 BROWSER_NAMES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome")
@@ -50,6 +58,11 @@ pytestmark = [
 ]
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 PAGE_TIMEOUT = 240
+SCREEN = (1920, 1080)
+RUN_TIMEOUT = float(os.environ.get("SMITE_SERVER_TIMEOUT", "1800"))
+FAST = {"SMITE_LoadExample": {"frames": 4, "size": 64}, "SMITE_LearnSegmentEmbedding": {"steps": 2, "size": 64},
+        "SMITE_InvertVideo": {"size": 64}, "SMITE_InflatedUNetSegment": {"window": 4, "overlap": 2}}
+PREVIEW_TYPES = ("SaveImage", "PreviewImage", "SaveVideo", "PreviewAny")  # nodes that show a result after a run
 
 
 class Browser:
@@ -71,8 +84,10 @@ class Browser:
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 [executable, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
                  "--disable-dev-shm-usage", "--disable-extensions", "--no-first-run", "--no-default-browser-check",
-                 "--mute-audio", "--window-size=1600,1000", f"--user-data-dir={profile / 'profile'}", "about:blank"],
+                 "--mute-audio", f"--window-size={SCREEN[0]},{SCREEN[1]}", f"--user-data-dir={profile / 'profile'}",
+                 "about:blank"],
                 preexec_fn=child_fds, close_fds=False, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
         os.close(to_browser_r)
@@ -185,7 +200,7 @@ async (pack, name) => {
     }});
   }
   window.__smiteMissing = null;
-  const response = await fetch(`api/workflow_templates/${pack}/${name}.json`);
+  const response = await fetch(`api/workflow_templates/${pack}/${encodeURIComponent(name)}.json`);
   if (!response.ok) throw new Error(`template ${name}: HTTP ${response.status}`);
   const file = await response.json();
   await app.loadGraphData(file, true, true, `${name}.json`);  // as the template browser does
@@ -215,11 +230,11 @@ async (pack, name) => {
 
 
 @pytest.fixture(scope="module")
-def frontend(tmp_path_factory):
-    from test_comfy_server import EXPECTED, PACK_NAME, Server
+def frontend(tmp_path_factory, sd15_files):  # noqa: F811
+    from test_comfy_server import EXPECTED, PACK_NAME, Server, _models
 
     base = tmp_path_factory.mktemp("comfy_browser")
-    server = Server(base / "comfy")
+    server = Server(base / "comfy", **_models(sd15_files))
     browser = None
     try:
         server.wait_ready()
@@ -229,6 +244,8 @@ def frontend(tmp_path_factory):
         profile = base / "browser"
         profile.mkdir()
         browser = Browser(BROWSER, profile)
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": SCREEN[0], "height": SCREEN[1],
+                                                            "deviceScaleFactor": 1, "mobile": False}, session=True)
         browser.send("Page.navigate", {"url": server.url}, session=True)
         deadline = time.time() + PAGE_TIMEOUT
         while not browser.evaluate(READY_JS):
@@ -237,6 +254,7 @@ def frontend(tmp_path_factory):
             time.sleep(1)
         time.sleep(2)  # settings, templates and the first (default) graph settle
         browser.server_url, browser.pack, browser.expected, browser.loaded = server.url, PACK_NAME, EXPECTED, {}
+        browser.server = server
         yield browser
     finally:
         if browser is not None:
@@ -277,7 +295,8 @@ def test_ui_workflow_loads_with_no_missing_nodes_or_errors(frontend, name):
     assert loaded["problems"] == [], "\n".join(loaded["problems"])
     assert sorted(n["id"] for n in loaded["nodes"]) == sorted(n["id"] for n in file["nodes"])
     for node in loaded["nodes"]:
-        assert node["registered"] and node["comfy_class"] == node["type"] and not node["has_errors"], node
+        assert node["registered"] and not node["has_errors"], node
+        assert node["comfy_class"] == node["type"] or node["type"] in UI_ONLY, node
         for widget in node["widgets"]:
             value, where = widget["value"], f"node {node['id']} {node['type']}.{widget['name']}"
             if widget["values"] is not None:
@@ -298,6 +317,8 @@ def test_ui_workflow_loads_with_no_missing_nodes_or_errors(frontend, name):
 def test_frontend_prompt_is_the_api_twin(frontend, name):
     api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
     prompt = _load(frontend, name)["prompt"]
+    info = frontend.server.get("/object_info")
+    declared = {k: {**v["input"].get("required", {}), **v["input"].get("optional", {})} for k, v in info.items()}
     differences = []
     for nid in sorted(set(api) | set(prompt), key=int):
         ours, theirs = api.get(nid), prompt.get(nid)
@@ -309,8 +330,91 @@ def test_frontend_prompt_is_the_api_twin(frontend, name):
         theirs_inputs = theirs.get("inputs", {})
         for key in sorted(set(ours["inputs"]) | set(theirs_inputs)):
             a, b = ours["inputs"].get(key, "<absent>"), theirs_inputs.get(key, "<absent>")
+            if a == "<absent>" and key not in declared.get(ours["class_type"], {}):
+                continue  # a display-only widget of the frontend (Preview Any's text box): the server ignores it
             if a != b:
                 differences.append(f"node {nid} {ours['class_type']}.{key}: API file {a!r}, frontend {b!r}")
         if ours.get("_meta") != theirs.get("_meta"):
             differences.append(f"node {nid} _meta: {ours.get('_meta')} vs frontend {theirs.get('_meta')}")
     assert differences == [], "\n".join(differences)
+
+
+RUN_JS = r"""
+async (fast) => {
+  for (const node of app.graph.nodes) {  // fewer frames and steps where asked (widgets only; the layout stays)
+    for (const widget of node.widgets || []) {
+      const value = (fast[node.type] || {})[widget.name];
+      if (value !== undefined) widget.value = value;
+    }
+  }
+  window.__smiteRun = {done: false, error: null};
+  const { api } = await import("/scripts/api.js");
+  api.addEventListener("execution_success", () => { window.__smiteRun.done = true; });
+  api.addEventListener("execution_error", (e) => { window.__smiteRun.error = e.detail?.exception_message ?? "error"; });
+  await app.queuePrompt(0, 1);
+  return true;
+}
+"""
+
+LAYOUT_JS = r"""
+() => {
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  const canvas = app.canvas.canvas.getBoundingClientRect();
+  const ds = app.canvas.ds;
+  const nodes = app.graph.nodes.map(n => {
+    const [x, y] = n.pos, [w, h] = n.size;
+    const box = [x, y - title, w, h + title];
+    return {id: n.id, type: n.type, title: n.title, box,
+            shown: !!(app.nodeOutputs?.[n.id] || (n.imgs && n.imgs.length)),
+            screen: [(box[0] + ds.offset[0]) * ds.scale, (box[1] + ds.offset[1]) * ds.scale,
+                     box[2] * ds.scale, box[3] * ds.scale]};
+  });
+  return {nodes, canvas: [canvas.left, canvas.top, canvas.width, canvas.height], scale: ds.scale,
+          window: [window.innerWidth, window.innerHeight]};
+}
+"""
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _wait_for_run(frontend, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = frontend.evaluate("window.__smiteRun")
+        assert not state["error"], state["error"]
+        if state["done"]:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the run did not finish within {timeout} s:\n{frontend.server.text()[-3000:]}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_after_a_run_no_preview_is_covered_and_the_workflow_fits_the_screen(frontend, name):
+    frontend.evaluate(f"({LOAD_JS})({json.dumps(frontend.pack)}, {json.dumps(name)})")  # this one on the canvas
+    fast = FAST if "CheckpointLoaderSimple" in (WORKFLOWS / f"{name}.json").read_text() else {}
+    started = time.time()
+    frontend.evaluate(f"({RUN_JS})({json.dumps(fast)})")
+    _wait_for_run(frontend, RUN_TIMEOUT)
+    time.sleep(3)  # previews load and nodes grow to show them
+    frontend.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    layout = frontend.evaluate(f"({LAYOUT_JS})()")
+    shots = os.environ.get("SMITE_SCREENSHOTS")
+    if shots:
+        image = frontend.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        (Path(shots) / f"{name}.png").write_bytes(base64.b64decode(image))
+    nodes = layout["nodes"]
+    previews = [n for n in nodes if n["type"] in PREVIEW_TYPES]
+    assert previews and all(n["shown"] for n in previews), [(n["title"], n["shown"]) for n in previews]
+    covered = [(p["title"], n["title"]) for p in previews for n in nodes if n["id"] != p["id"]
+               and _overlap(p["box"], n["box"])]
+    assert covered == [], covered
+    left, top, width, height = layout["canvas"]
+    assert (left + width, top + height) <= SCREEN, layout["canvas"]
+    outside = [n["title"] for n in nodes if n["screen"][0] < 56 or n["screen"][1] < 0  # the sidebar's icons
+               or n["screen"][0] + n["screen"][2] > width or n["screen"][1] + n["screen"][3] > height]
+    assert outside == [], (outside, layout["scale"], layout["canvas"])
+    sys.stderr.write(f"\n{name}: ran in {time.time() - started:.0f} s, {len(previews)} previews uncovered, fits "
+                     f"{SCREEN[0]}x{SCREEN[1]} at zoom {layout['scale']}\n")

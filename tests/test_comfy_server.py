@@ -11,6 +11,7 @@ with a ``smite:`` folder checks that user-configured model paths are listed and 
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -29,10 +31,140 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI or not (Path(COMFYUI) / "main.py").is_file(),
                                 reason="set COMFYUI_PATH to a ComfyUI checkout to run the server test")
 PACK_NAME = "smite-segment"
-EXPECTED = {"SMITE_ModelLoader", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding", "SMITE_SaveEmbedding",
+EXPECTED = {"SMITE_ModelLoader", "SMITE_ModelFromCheckpoint", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding",
+            "SMITE_SaveEmbedding",
             "SMITE_LoadEmbedding", "SMITE_InvertVideo", "SMITE_InflatedUNetSegment", "SMITE_TrackVote",
             "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LoadExample"}
 TIMEOUT = float(os.environ.get("SMITE_SERVER_TIMEOUT", "1800"))
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the name core templates use; here random weights
+LORA = "smite_test_lora.safetensors"
+MERGED = "sd15_with_lora_merged.safetensors"
+
+
+# A websocket client as the frontend is one: connect with a client id, queue, print each JSON message
+# (type, data) until the prompt's run ends (an "executing" message with no node, or an error).
+WS_CLIENT = """
+import asyncio, json, aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect("{url}/ws?clientId={client}") as ws:
+            async with session.post("{url}/prompt", json={{"prompt": json.loads({prompt!r}),
+                                                           "client_id": "{client}"}}) as response:
+                prompt_id = (await response.json())["prompt_id"]
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                event = json.loads(message.data)
+                kind, data = event.get("type"), event.get("data", {{}})
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                print(json.dumps([kind, data]), flush=True)
+                if kind == "execution_success" or kind == "execution_interrupted" or (
+                        kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id):
+                    return
+
+asyncio.run(asyncio.wait_for(main(), {timeout}))
+"""
+
+
+# ----------------------------------------------------------------------------- a random SD 1.5 file and a LoRA
+
+
+def write_random_sd15(path: Path, seed: int = 0) -> Path:
+    """The full SD 1.5 architecture (UNet, VAE, CLIP ViT-L text tower) with random fp16 weights, in the original
+    single-file layout ComfyUI's Load Checkpoint detects as SD 1.5 (about 2.1 GB; written once per run)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ldm_layout import to_ldm_checkpoint
+    from safetensors.torch import save_file
+
+    from smite_core.checkpoints import random_components
+
+    import torch
+
+    if not path.exists():
+        components = random_components("sd1", seed=seed, dtype=torch.float16)
+        state = to_ldm_checkpoint(components.unet, components.vae, components.text_encoder, "sd1", extras=False)
+        del components
+        save_file(state, str(path) + ".part")
+        os.replace(str(path) + ".part", path)
+    return path
+
+
+LORA_LAYERS = [f"{block}.1.transformer_blocks.0.{name}" for block in ("input_blocks.1", "input_blocks.4",
+                                                                       "middle_block", "output_blocks.11")
+               for name in ("attn2.to_k", "attn2.to_v", "attn1.to_q")]
+
+
+def write_lora_and_merged(checkpoint: Path, lora_path: Path, merged_path: Path, rank: int = 4, alpha: float = 2.0):
+    """A small random LoRA in the kohya LDM key format (``lora_unet_<ldm key>``) that ComfyUI's LoraLoader reads,
+    and the checkpoint with it merged in (``W + alpha / rank * up @ down``, the patched weights kept in fp32 as
+    ComfyUI computes them on a CPU) for the SMITE loader."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(checkpoint))
+    g = torch.Generator().manual_seed(7)
+    lora = {}
+    for layer in LORA_LAYERS:
+        weight = state["model.diffusion_model." + layer + ".weight"]
+        down = (torch.randn(rank, weight.shape[1], generator=g) * 0.05).half()
+        up = (torch.randn(weight.shape[0], rank, generator=g) * 0.05).half()
+        name = "lora_unet_" + layer.replace(".", "_")
+        lora.update({name + ".lora_down.weight": down, name + ".lora_up.weight": up,
+                     name + ".alpha": torch.tensor(alpha, dtype=torch.float16)})
+        delta = torch.mm(up.float(), down.float())
+        state["model.diffusion_model." + layer + ".weight"] = weight.float() + (1.0 * (alpha / rank)) * delta
+    save_file(lora, str(lora_path))
+    save_file(state, str(merged_path))
+
+
+def smite_graph(tag: str, source: str, lora: bool = False, checkpoint: str = CHECKPOINT) -> dict:
+    """Learn 2 steps and segment 4 frames at 64 px with the checkpoint ``source``: ``comfy`` (core Load Checkpoint
+    -> SMITE Model From Checkpoint, through LoraLoader with ``lora``), or ``loader`` (SMITE Model Loader on
+    ``checkpoint``; core Load Checkpoint also loads it, as in a graph that uses it elsewhere). Saves the embedding
+    as ``emb_<tag>`` and the label maps as ``labels_<tag>``."""
+    api = {
+        "1": {"class_type": "SMITE_LoadExample", "inputs": {"category": "car", "variant": 0, "frames": 4, "size": 64}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "5": {"class_type": "SMITE_LoadReferences", "inputs": {"segment_names": ["1", 2], "images": ["1", 0],
+                                                               "label_map": ["1", 1], "folder": ""}},
+        "6": {"class_type": "SMITE_LearnSegmentEmbedding", "inputs": {"model": ["4", 0], "references": ["5", 0],
+                                                                      "steps": 2, "random_seed": 0, "train_kv": True,
+                                                                      "size": 64}},
+        "7": {"class_type": "SMITE_SaveEmbedding", "inputs": {"embedding": ["6", 0], "filename": f"emb_{tag}",
+                                                              "overwrite": True}},
+        "8": {"class_type": "SMITE_InvertVideo", "inputs": {"model": ["4", 0], "images": ["1", 3], "size": 64,
+                                                            "random_seed": 0, "timestep_min": 95,
+                                                            "timestep_max": 104}},
+        "9": {"class_type": "SMITE_InflatedUNetSegment", "inputs": {"model": ["4", 0], "embedding": ["6", 0],
+                                                                    "latent": ["8", 0], "inflate": True, "window": 4,
+                                                                    "overlap": 2, "guide_steps": 0}},
+        "10": {"class_type": "SMITE_MaskToVideo", "inputs": {"segments": ["9", 0], "segment": "all", "soft": False,
+                                                             "overlay_alpha": 0.5}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 1], "filename_prefix": f"labels_{tag}"}},
+    }
+    if source == "comfy":
+        model = ["2", 0]
+        clip = ["2", 1]
+        if lora:
+            api["3"] = {"class_type": "LoraLoader", "inputs": {"model": ["2", 0], "clip": ["2", 1], "lora_name": LORA,
+                                                               "strength_model": 1.0, "strength_clip": 0.0}}
+            model = ["3", 0]
+        api["4"] = {"class_type": "SMITE_ModelFromCheckpoint", "inputs": {"model": model, "clip": clip,
+                                                                          "vae": ["2", 2], "keep_loaded": False}}
+    else:
+        api["4"] = {"class_type": "SMITE_ModelLoader", "inputs": {"model": "checkpoints/" + checkpoint, "dtype": "auto",
+                                                                  "keep_loaded": False, "device": "auto",
+                                                                  "prediction_type": "auto"}}
+        api["12"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}  # Load Checkpoint runs too
+    return api
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set size in bytes (VmHWM)."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) * 1024
 
 
 def _free_port() -> int:
@@ -42,7 +174,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, checkpoints: dict | None = None, loras: dict | None = None):
         self.base = base
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,6 +183,10 @@ class Server:
         os.symlink(ROOT, base / "custom_nodes" / PACK_NAME, target_is_directory=True)
         for sub in ("models", "input", "output", "user", "temp"):
             (base / sub).mkdir()
+        for folder, files in (("checkpoints", checkpoints), ("loras", loras)):
+            for name, path in (files or {}).items():  # links: the files are large
+                (base / "models" / folder).mkdir(exist_ok=True)
+                os.symlink(path, base / "models" / folder / name)
         # a user's extra_model_paths.yaml with its own 'smite' folder: listed, and the default save place
         (base / "shared_smite").mkdir()
         shutil.copy(ROOT / "example_inputs" / "smite_example_car.safetensors",
@@ -98,6 +234,16 @@ class Server:
         assert status == 200 and "prompt_id" in body, f"queueing failed ({status}): {json.dumps(body)[:3000]}"
         return body["prompt_id"]
 
+    def run_listening(self, prompt: dict, timeout: float = 120) -> list:
+        """Queue ``prompt`` as a client on ComfyUI's websocket (what the frontend sees) and return the
+        ``(type, data)`` messages it gets until the run ends. Runs in ComfyUI's Python (aiohttp)."""
+        client = "smite-test-" + uuid.uuid4().hex[:8]
+        script = WS_CLIENT.format(url=self.url, client=client, prompt=json.dumps(prompt), timeout=timeout)
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=timeout + 60)
+        assert done.returncode == 0, f"websocket client failed:\n{done.stderr[-3000:]}\n{self.text()[-3000:]}"
+        return [tuple(json.loads(line)) for line in done.stdout.splitlines() if line.startswith("[")]
+
     def wait_history(self, prompt_id: str, timeout: float = TIMEOUT) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -123,9 +269,25 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def sd15_files(tmp_path_factory) -> dict:
+    """A random SD 1.5 single file, a small random LoRA for it, and the file with the LoRA merged in."""
+    folder = tmp_path_factory.mktemp("sd15")
+    started = time.time()
+    checkpoint = write_random_sd15(folder / CHECKPOINT)
+    write_lora_and_merged(checkpoint, folder / LORA, folder / MERGED)
+    sys.stderr.write(f"\nrandom SD 1.5 checkpoint ({checkpoint.stat().st_size / 2**30:.2f} GiB) and LoRA written in "
+                     f"{time.time() - started:.0f} s\n")
+    return {"checkpoint": checkpoint, "lora": folder / LORA, "merged": folder / MERGED}
+
+
+def _models(files: dict) -> dict:
+    return {"checkpoints": {CHECKPOINT: files["checkpoint"], MERGED: files["merged"]}, "loras": {LORA: files["lora"]}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sd15_files):
     base = tmp_path_factory.mktemp("comfy")
-    srv = Server(base)
+    srv = Server(base, **_models(sd15_files))
     try:
         srv.object_info = srv.wait_ready()
         yield srv
@@ -150,33 +312,51 @@ def test_pack_imports_cleanly_and_every_node_appears(server):
     assert EXPECTED <= set(info)
     for name in EXPECTED:
         assert info[name]["category"].startswith("SMITE/") and info[name]["python_module"].startswith("custom_nodes")
-    assert "tiny (embedded)" in info["SMITE_ModelLoader"]["input"]["required"]["model"][0]
+        assert info[name]["display_name"].startswith("SMITE ")
+    assert "tiny (demo: synthetic examples only)" in info["SMITE_ModelLoader"]["input"]["required"]["model"][0]
     embeddings = info["SMITE_LoadEmbedding"]["input"]["required"]["embedding"][0]
     assert "smite_example_car.safetensors" in embeddings  # bundled with the pack
     assert "shared_copy.safetensors" in embeddings  # from the user's extra_model_paths.yaml
 
 
-def test_ui_workflows_are_templates_without_missing_nodes(server):
+def _template(server, name: str, suffix: str = ".json"):
+    return server.url + f"/api/workflow_templates/{PACK_NAME}/" + urllib.parse.quote(name + suffix)
+
+
+def test_ui_workflows_are_templates_with_thumbnails_and_a_title(server):
     infos = _infos(server.object_info)
     listed = server.get("/workflow_templates")
     names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(listed.get(PACK_NAME, [])) == names
     for name in names:
-        served = server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
+        with urllib.request.urlopen(_template(server, name), timeout=30) as response:
+            served = json.loads(response.read())
         assert served == json.loads((WORKFLOWS / f"{name}.json").read_text())
         assert check_ui_workflow(served, infos) == [], name
+        with urllib.request.urlopen(_template(server, name, ".jpg"), timeout=30) as response:  # the card's picture
+            assert response.status == 200 and response.read(3) == b"\xff\xd8\xff"
+    titles = server.get("/i18n")["en"]["templateWorkflows"]["category"]
+    assert titles[PACK_NAME].startswith("SMITE")  # the template browser's group title, not the folder's name
 
 
 def test_bad_widget_value_fails_validation(server):
-    api = json.loads((API_WORKFLOWS / "smite_3_trackvote_deflicker_masks.json").read_text())
-    api["1"]["inputs"]["frames"] = 100000
+    api = json.loads((API_WORKFLOWS / "SMITE 3 - De-flicker a mask video with TrackVote.json").read_text())
+    example = next(k for k, v in api.items() if v["class_type"] == "SMITE_LoadExample")
+    api[example]["inputs"]["frames"] = 100000
     status, body = server.post("/prompt", {"prompt": api})
     assert status == 400 and body["error"]["type"] == "prompt_outputs_failed_validation"
+
+
+FAST = {"SMITE_LoadExample": {"frames": 4, "size": 64}, "SMITE_LearnSegmentEmbedding": {"steps": 2, "size": 64},
+        "SMITE_InvertVideo": {"size": 64}, "SMITE_InflatedUNetSegment": {"window": 4, "overlap": 2}}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in API_WORKFLOWS.glob("*.json")))
 def test_api_workflow_runs_to_success(server, name):
     api = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+    if any(node["class_type"] == "CheckpointLoaderSimple" for node in api.values()):
+        for node in api.values():  # a full-size SD 1.5 on 2 CPU cores: a few frames at 64 px
+            node["inputs"].update(FAST.get(node["class_type"], {}))
     started = time.time()
     entry = server.wait_history(server.queue(api))
     status = entry["status"]
@@ -188,13 +368,29 @@ def test_api_workflow_runs_to_success(server, name):
         if item.get("type") == "output":
             assert (server.base / "output" / item.get("subfolder", "") / item["filename"]).is_file(), item
     sys.stderr.write(f"\n{name}: {time.time() - started:.0f} s\n")
-    if name.startswith("smite_1"):  # saved where the user's extra_model_paths.yaml puts 'smite' files
-        assert (server.base / "shared_smite" / "smite_my_car_parts.safetensors").is_file()
+    written = [text for node in outputs.values() for text in node.get("text", []) if text.endswith(".safetensors")]
+    for text in written:  # Save Embedding says which file it wrote; it is where extra_model_paths.yaml puts them
+        assert (server.base / "shared_smite" / text).is_file(), written
+    if name.startswith("SMITE 1"):
+        assert written and written[0].startswith("smite_my_car_parts")
         assert not (server.base / "models" / "smite").exists()
 
 
+def test_trackvote_used_as_a_guide_blocks_its_masks_with_a_message(server):
+    api = {"1": {"class_type": "SMITE_TrackVote", "inputs": {"tracker": "flow", "track_weight": 0.1,
+                                                             "vote_window": 15, "vote_output": True}},
+           "2": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 1]}},
+           "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+    messages = server.run_listening(api)  # ComfyUI sends a blocked input's message to the client, not the history
+    errors = [data for kind, data in messages if kind == "execution_error"]
+    assert errors and errors[0]["exception_message"].startswith("Execution Blocked: SMITE TrackVote: its masks"), messages
+    assert errors[0]["node_id"] == "2"  # the node that uses the masks stops; nothing downstream runs
+    assert not [data for kind, data in messages if kind == "executed" and data.get("node") == "3"]
+    assert "IndexError" not in server.text()[-3000:]
+
+
 def test_a_running_workflow_can_be_interrupted(server):
-    api = json.loads((API_WORKFLOWS / "smite_1_learn_from_reference_and_segment.json").read_text())
+    api = json.loads((API_WORKFLOWS / "SMITE 1 - Learn parts from one reference and segment a video.json").read_text())
     learn = next(k for k, v in api.items() if v["class_type"] == "SMITE_LearnSegmentEmbedding")
     api[learn]["inputs"]["steps"] = 5000
     api[learn]["inputs"]["random_seed"] = 12345  # not cached from the earlier run
@@ -207,3 +403,54 @@ def test_a_running_workflow_can_be_interrupted(server):
     entry = server.wait_history(prompt_id, timeout=300)
     messages = [m[0] for m in entry["status"].get("messages", [])]
     assert "execution_interrupted" in messages, entry["status"]
+
+
+def _run_paths(base: Path, files: dict, runs: list) -> tuple[int, dict]:
+    """A fresh server; queue each ``(tag, source, lora, checkpoint)`` of ``runs`` in turn. Returns the server's
+    peak RSS after the first run and ``{tag: (embedding file, label map PNGs)}``."""
+    srv = Server(base, **_models(files))
+    out, peak = {}, None
+    try:
+        srv.wait_ready()
+        for tag, source, lora, checkpoint in runs:
+            started = time.time()
+            entry = srv.wait_history(srv.queue(smite_graph(tag, source, lora, checkpoint)))
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000] + srv.text()[-3000:]
+            peak = peak or peak_rss(srv.process.pid)
+            out[tag] = (base / "shared_smite" / f"emb_{tag}.safetensors",
+                        sorted((base / "output").glob(f"labels_{tag}_*.png")))
+            sys.stderr.write(f"\n{tag}: {time.time() - started:.0f} s\n")
+        return peak, out
+    finally:
+        srv.stop()
+
+
+def test_load_checkpoint_path_matches_the_smite_loader_without_a_second_copy(sd15_files, tmp_path_factory):
+    """Core Load Checkpoint (and LoraLoader) -> SMITE Model From Checkpoint -> learn -> segment gives the embedding
+    and labels of SMITE Model Loader on the same file (with the LoRA merged in), and the server's peak memory is
+    lower than with the file loaded twice (Load Checkpoint and SMITE Model Loader) by >= 80 % of the file's size."""
+    import numpy as np
+    from PIL import Image
+
+    from smite_core.embedding import SegmentEmbedding
+
+    shared_peak, shared = _run_paths(tmp_path_factory.mktemp("shared"), sd15_files, [
+        ("shared", "comfy", False, CHECKPOINT), ("shared_lora", "comfy", True, CHECKPOINT)])
+    twice_peak, loader = _run_paths(tmp_path_factory.mktemp("twice"), sd15_files, [
+        ("loader", "loader", False, CHECKPOINT), ("loader_merged", "loader", False, MERGED)])
+    size = sd15_files["checkpoint"].stat().st_size
+    sys.stderr.write(f"\npeak RSS: Load Checkpoint -> SMITE Model From Checkpoint {shared_peak / 2**30:.2f} GiB; "
+                     f"Load Checkpoint + SMITE Model Loader {twice_peak / 2**30:.2f} GiB; checkpoint "
+                     f"{size / 2**30:.2f} GiB; saved {(twice_peak - shared_peak) / size:.0%} of its size\n")
+    assert twice_peak - shared_peak >= 0.8 * size
+    for ours, theirs in (("shared", "loader"), ("shared_lora", "loader_merged")):
+        a, b = (SegmentEmbedding.load(shared[ours][0]), SegmentEmbedding.load(loader[theirs][0]))
+        assert a.backbone_fingerprint == b.backbone_fingerprint and a.names == b.names, (ours, theirs)
+        assert np.allclose(a.tokens.float().numpy(), b.tokens.float().numpy(), atol=2e-3), (ours, theirs)
+        assert sorted(a.kv) == sorted(b.kv) and all(np.allclose(a.kv[k].float().numpy(), b.kv[k].float().numpy(),
+                                                                atol=1e-5) for k in a.kv)
+        labels = [(np.array(Image.open(x)), np.array(Image.open(y)))
+                  for x, y in zip(shared[ours][1], loader[theirs][1])]
+        assert len(labels) == 4 and all(np.array_equal(x, y) for x, y in labels), (ours, theirs)
+    plain, patched = (SegmentEmbedding.load(shared[t][0]) for t in ("shared", "shared_lora"))
+    assert plain.backbone_fingerprint != patched.backbone_fingerprint  # the LoRA changed the to_k weights

@@ -108,8 +108,8 @@ def test_library_configs_and_node_widgets_share_one_range(tiny_backbone):
     from graph_runner import load_pack
 
     nodes = load_pack().NODE_CLASS_MAPPINGS
-    widgets = {**nodes["SMITE_TrackVote"].INPUT_TYPES()["required"], **nodes["SMITE_LowPassGuide"].INPUT_TYPES()["required"],
-               **nodes["SMITE_InflatedUNetSegment"].INPUT_TYPES()["required"]}
+    widgets = {name: spec for node in ("SMITE_TrackVote", "SMITE_LowPassGuide", "SMITE_InflatedUNetSegment")
+               for name, spec in nodes[node].INPUT_TYPES()["required"].items()}
     fields = {"first_step_cutoff": "lowpass_first_cutoff"}
     checked = 0
     for name, (kind, options) in widgets.items():

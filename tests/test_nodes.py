@@ -18,7 +18,8 @@ from graph_runner import ROOT, load_pack
 from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError, SmiteError
 
-EXPECTED = {"SMITE_ModelLoader", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding", "SMITE_SaveEmbedding",
+EXPECTED = {"SMITE_ModelLoader", "SMITE_ModelFromCheckpoint", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding",
+            "SMITE_SaveEmbedding",
             "SMITE_LoadEmbedding", "SMITE_InvertVideo", "SMITE_InflatedUNetSegment", "SMITE_TrackVote",
             "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LoadExample"}
 SIZE = 64  # working side of the fast tests
@@ -43,7 +44,7 @@ def example(nodes):
 @pytest.fixture(scope="module")
 def model(nodes):
     with torch.inference_mode():
-        return nodes["SMITE_ModelLoader"].load("tiny (embedded)", "fp32", False, "cpu")[0]
+        return nodes["SMITE_ModelLoader"].load("tiny (demo: synthetic examples only)", "fp32", False, "cpu")[0]
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +203,16 @@ def test_learn_save_load_round_trip(nodes, model, embedding, tmp_path):
     assert embedding.names == ["background", "body", "window", "wheel", "light"]
     assert embedding.backbone_fingerprint == model.fingerprint and embedding.kv
     save = nodes["SMITE_SaveEmbedding"]
-    out = save.save(embedding, "parts/car", overwrite=True, directory=str(tmp_path))
-    assert out["ui"]["text"] == ["parts/car.safetensors"] and out["result"] == ()
-    save.save(embedding, "parts/car", overwrite=False, directory=str(tmp_path))
+    assert type(save).INPUT_TYPES()["required"]["overwrite"][1]["default"] is False  # never overwrites unasked
+    out = save.save(embedding, "parts/car", directory=str(tmp_path))
+    assert out["ui"]["text"] == ["parts/car.safetensors"] and out["result"] == ("parts/car.safetensors",)
+    before = (tmp_path / "parts" / "car.safetensors").read_bytes()
+    again = save.save(embedding, "parts/car", directory=str(tmp_path))  # the default: a numbered new file
+    assert again["result"] == ("parts/car_00001.safetensors",)
     assert (tmp_path / "parts" / "car_00001.safetensors").is_file()
+    assert (tmp_path / "parts" / "car.safetensors").read_bytes() == before
+    replaced = save.save(embedding, "parts/car", overwrite=True, directory=str(tmp_path))
+    assert replaced["result"] == ("parts/car.safetensors",)
     for bad in ("../escape", "/abs/path", "", "C:/x"):
         with pytest.raises(InputError, match="filename"):
             save.save(embedding, bad, directory=str(tmp_path))
@@ -301,8 +308,8 @@ def test_trackvote_alone_deflickers_a_mask_video(nodes):
         guide, voted = nodes["SMITE_TrackVote"].run("flow", 0.1, 7, True, frames=video, masks=flickery)
     assert voted.shape == flickery.shape and guide.tracker == "flow"
     assert _flicker(voted) < 0.8 * _flicker(flickery)
-    empty = nodes["SMITE_TrackVote"].run()[1]
-    assert empty.shape[0] == 0
+    guide, blocked = nodes["SMITE_TrackVote"].run()  # a guide: its masks output stops whoever uses it, saying why
+    assert "connect frames and masks" in blocked.message and guide.tracker == "flow"
     with pytest.raises(InputError, match="both frames and masks"):
         nodes["SMITE_TrackVote"].run(masks=flickery)
 
@@ -384,6 +391,25 @@ def fake_comfy(monkeypatch, tmp_path):
     mm.should_use_fp16 = mm.should_use_bf16 = lambda *a, **k: False
     mm.free_memory = lambda *a, **k: None
     mm.soft_empty_cache = lambda force=False: calls.__setitem__("empty_cache", calls["empty_cache"] + 1)
+    mm.current_loaded_models = []
+
+    class Loaded:  # comfy.model_management.LoadedModel, as far as unloading goes
+        def __init__(self, model):
+            self.model = model
+
+        def model_unload(self):
+            calls["unloads"].append(self.model)
+            return True
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        calls["loads"].append((list(models), force_full_load))
+        for model in models:
+            if not any(loaded.model is model for loaded in mm.current_loaded_models):
+                mm.current_loaded_models.insert(0, Loaded(model))
+
+    mm.load_models_gpu = load_models_gpu
+    calls.update(loads=[], unloads=[])
     comfy_pkg = types.ModuleType("comfy")
     for name, module in (("folder_paths", folder_paths), ("comfy", comfy_pkg), ("comfy.utils", utils),
                          ("comfy.model_management", mm)):
@@ -407,8 +433,11 @@ def test_model_folders_respect_user_paths_and_list_models(pack, fake_comfy, tmp_
     (tmp_path / "models" / "diffusers" / "sd21" / "unet").mkdir(parents=True)
     (tmp_path / "models" / "diffusers" / "sd21" / "model_index.json").write_text("{}")
     choices = model_choices()
-    assert choices == ["tiny (embedded)", "checkpoints/sd15.safetensors", "diffusers/sd21"]
-    assert resolve_model("checkpoints/sd15.safetensors") == str(tmp_path / "models" / "checkpoints" / "sd15.safetensors")
+    assert choices == ["tiny (demo: synthetic examples only)", "checkpoints/sd15.safetensors", "diffusers/sd21"]
+    assert resolve_model("tiny (embedded)") == resolve_model(choices[0]) == "tiny"  # the earlier name works too
+    assert type(nodes["SMITE_ModelLoader"]).VALIDATE_INPUTS("tiny (embedded)") is True
+    expected = str(tmp_path / "models" / "checkpoints" / "sd15.safetensors")
+    assert resolve_model("checkpoints/sd15.safetensors") == expected
     assert resolve_model("diffusers/sd21") == str(tmp_path / "models" / "diffusers" / "sd21")
     with pytest.raises(InputError, match="not found"):
         resolve_model("checkpoints/missing.safetensors")
@@ -462,8 +491,8 @@ def test_model_loader_offloads_to_comfyui_devices(nodes, fake_comfy):
 
     assert host.inside_comfyui() and host.compute_device("auto") == torch.device("cpu")
     assert host.auto_dtype(torch.device("cpu")) == torch.float32
-    assert type(nodes["SMITE_ModelLoader"]).IS_CHANGED("tiny (embedded)") == type(nodes["SMITE_ModelLoader"]).IS_CHANGED(
-        "tiny (embedded)")
+    loader = type(nodes["SMITE_ModelLoader"])
+    assert loader.IS_CHANGED("tiny (embedded)") == loader.IS_CHANGED("tiny (embedded)")
 
 
 def test_example_flicker_is_actually_flickery():
@@ -473,3 +502,146 @@ def test_example_flicker_is_actually_flickery():
     labels[:, 20:44, 20:44] = 1
     out = flicker(labels, 0)
     assert out.shape == labels.shape and _flicker(torch.from_numpy(out)) > 0
+
+
+# ----------------------------------------------------------------------------- progress and Cancel per UNet pass
+
+
+@pytest.fixture
+def counted_passes(monkeypatch, fake_comfy):
+    """Counts the UNet passes of segmentation and how many progress updates preceded each; ``cancel_at``:
+    the pass during which the user presses Cancel."""
+    import smite_core.segment as segment_module
+
+    real = segment_module.unet_forward
+    seen = {"passes": 0, "progress_before": [], "cancel_at": None}
+
+    def counting(*args, **kwargs):
+        seen["passes"] += 1
+        seen["progress_before"].append(len(fake_comfy["progress"]))
+        if seen["passes"] == seen["cancel_at"]:
+            fake_comfy["interrupt_after"] = fake_comfy["interrupt_checks"]  # the next check raises
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "unet_forward", counting)
+    return seen
+
+
+def test_segmentation_progress_moves_every_unet_pass_and_cancel_stops_within_one(
+        nodes, model, embedding, example, fake_comfy, counted_passes):
+    from smite_pack_under_test.nodes.segment import make_config, planned_unet_passes
+
+    track = nodes["SMITE_TrackVote"].run("static", 0.1, 3, True)[0]
+    low = nodes["SMITE_LowPassGuide"].run(8.0, 0.4, 0.999)[0]
+    segment = nodes["SMITE_InflatedUNetSegment"]
+    with torch.inference_mode():
+        latent = nodes["SMITE_InvertVideo"].invert(model, example[3], size=SIZE)[0]
+    assert fake_comfy["progress"][-6:] == [(i, 6) for i in range(1, 7)]  # inversion: one update per frame on a CPU
+    fake_comfy["progress"].clear()
+    args = dict(window=4, overlap=2, guide_steps=1, track_vote=track, low_pass=low)
+    with torch.inference_mode():
+        segment.segment(model, embedding, latent, **args)
+    passes = counted_passes["passes"]  # 2 windows x (reference pass + 1 guided iteration + the pass after it)
+    config = make_config({"window": 4, "overlap": 2, "guide_steps": 1, "size": latent.size,
+                          **track.config_fields(), **low.config_fields()})
+    assert passes == planned_unet_passes(config, 6) == 6
+    before = counted_passes["progress_before"] + [len(fake_comfy["progress"])]
+    assert all(b > a for a, b in zip(before, before[1:])), before  # the bar moved after every pass
+    assert fake_comfy["progress"] == [(i, passes) for i in range(1, passes + 1)]
+    counted_passes.update(passes=0, cancel_at=2)  # Cancel pressed during the 2nd pass (a guidance iteration)
+    with pytest.raises(_Interrupted), torch.inference_mode():
+        segment.segment(model, embedding, latent, **args)
+    assert counted_passes["passes"] == 2  # stopped right after that pass: no further UNet pass started
+
+
+def test_trackvote_progress_per_tracker_call_and_cancel_before_it(nodes, fake_comfy):
+    with torch.inference_mode():
+        _, _, _, video, flickery = nodes["SMITE_LoadExample"].make("car", 0, 20, SIZE)
+        nodes["SMITE_TrackVote"].run("static", 0.1, 3, True, frames=video, masks=flickery)
+    assert fake_comfy["progress"] == [(16, 20), (20, 20)]  # after each tracker call (16 frames)
+    fake_comfy["interrupt_after"] = fake_comfy["interrupt_checks"]
+    with pytest.raises(_Interrupted), torch.inference_mode():
+        nodes["SMITE_TrackVote"].run("static", 0.1, 3, True, frames=video, masks=flickery)
+    assert len(fake_comfy["progress"]) == 2
+
+
+# ----------------------------------------------------------------------------- ComfyUI's MODEL, CLIP and VAE
+
+
+@pytest.fixture(scope="module")
+def sd1_file(tmp_path_factory):
+    """A small SD 1.x-shaped single file (real 768 context width and CLIP vocabulary, few channels)."""
+    from test_checkpoints import tiny_models, write_single
+
+    return write_single(tmp_path_factory.mktemp("ckpt"), tiny_models("sd1", text_overrides={"vocab_size": 49408}),
+                        "sd1", name="small_sd15.safetensors")
+
+
+def test_model_from_checkpoint_shares_comfyui_weights_and_matches_the_loader(nodes, sd1_file, example):
+    from graph_runner import comfy_objects
+    from smite_pack_under_test.nodes.comfy_model import SharedModel
+
+    from smite_core.shared_weights import is_bound, shared_storage
+
+    comfy_model, clip, vae = comfy_objects(sd1_file)
+    with torch.inference_mode():
+        shared = nodes["SMITE_ModelFromCheckpoint"].convert(comfy_model, clip, vae)[0]
+        loaded = nodes["SMITE_ModelLoader"].load(str(sd1_file), "fp32", False, "cpu")[0]
+    assert isinstance(shared, SharedModel) and not is_bound(shared.components)
+    assert clip.encoded and clip.encoded[0][0, :2].tolist() == [49406, 49407]  # the empty prompt, encoded once
+    assert shared.fingerprint == loaded.fingerprint  # embeddings learned either way are interchangeable
+    unet_state, vae_state = comfy_model.model.diffusion_model.state_dict(), vae.first_stage_model.state_dict()
+    with shared.use() as backbone:
+        assert shared_storage(backbone.unet, unet_state) == [] and shared_storage(backbone.vae, vae_state) == []
+        conv = backbone.unet.conv_in.weight
+        assert conv.data_ptr() == unet_state["input_blocks.0.0.weight"].data_ptr() and not conv.is_inference()
+    assert not is_bound(shared.components)  # nothing holds ComfyUI's tensors between uses
+    reference, labels, names, video, _ = example
+    results = []
+    with torch.inference_mode():
+        refs = nodes["SMITE_LoadReferences"].load(names, images=reference, label_map=labels)[0]
+        for smite_model in (shared, loaded):
+            emb = nodes["SMITE_LearnSegmentEmbedding"].learn(smite_model, refs, steps=2, random_seed=0, size=32)[0]
+            latent = nodes["SMITE_InvertVideo"].invert(smite_model, video[:4], size=32)[0]
+            segments = nodes["SMITE_InflatedUNetSegment"].segment(smite_model, emb, latent, window=4, overlap=2,
+                                                                  guide_steps=0)[0]
+            results.append((emb, segments))
+    (emb_a, seg_a), (emb_b, seg_b) = results
+    assert emb_a.backbone_fingerprint == emb_b.backbone_fingerprint
+    assert torch.allclose(emb_a.tokens, emb_b.tokens, atol=1e-5)
+    assert torch.equal(seg_a.labels, seg_b.labels)
+
+
+def test_model_from_checkpoint_loads_and_offloads_through_comfyui(nodes, sd1_file, fake_comfy):
+    from graph_runner import comfy_objects
+
+    comfy_model, clip, vae = comfy_objects(sd1_file)
+    vae.patcher = object()  # ComfyUI's VAE has a ModelPatcher of its own
+    with torch.inference_mode():
+        shared = nodes["SMITE_ModelFromCheckpoint"].convert(comfy_model, clip, vae)[0]
+    with shared.use():
+        assert fake_comfy["loads"] == [([comfy_model, vae.patcher], True)]  # whole (force_full_load), patched
+    assert {id(m) for m in fake_comfy["unloads"]} == {id(comfy_model), id(vae.patcher)}  # offloaded after use
+    kept = nodes["SMITE_ModelFromCheckpoint"].convert(comfy_model, clip, vae, keep_loaded=True)[0]
+    with kept.use():
+        pass
+    assert len(fake_comfy["unloads"]) == 2 and len(fake_comfy["loads"]) == 2
+
+
+def test_model_from_checkpoint_refuses_other_models_in_one_line(nodes, sd1_file):
+    from graph_runner import StandInModel, comfy_objects
+
+    from smite_core.errors import BackboneError
+
+    _, clip, vae = comfy_objects(sd1_file)
+    sdxl = StandInModel({"input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3), "label_emb.0.0.weight": torch.zeros(1),
+                         "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(640, 2048)}, "SDXL")
+    flux = StandInModel({"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 3)}, "Flux")
+    for other, name in ((sdxl, "SDXL"), (flux, "Flux")):
+        with pytest.raises(BackboneError, match=f"^SMITE supports Stable Diffusion 1.x and 2.x checkpoints; "
+                                                f"this MODEL is {name} "):
+            nodes["SMITE_ModelFromCheckpoint"].convert(other, clip, vae)
+    edm = comfy_objects(sd1_file)[0]
+    edm.model.model_type.name = "EDM"
+    with pytest.raises(BackboneError, match="this MODEL is SD15 with a sampling objective"):
+        nodes["SMITE_ModelFromCheckpoint"].convert(edm, clip, vae)

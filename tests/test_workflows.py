@@ -13,8 +13,10 @@ import torch
 from graph_runner import (API_WORKFLOWS, CORE_NODES, WORKFLOWS, api_to_ui, check_ui_workflow, load_pack, pack_infos,
                           run_api_workflow, topological_order, ui_to_api)
 
-NAMES = ["smite_1_learn_from_reference_and_segment", "smite_2_load_embedding_and_segment",
-         "smite_3_trackvote_deflicker_masks"]
+NAMES = ["SMITE 1 - Learn parts from one reference and segment a video",
+         "SMITE 2 - Segment a video with a saved embedding",
+         "SMITE 3 - De-flicker a mask video with TrackVote",
+         "SMITE 4 - Learn and segment with your Stable Diffusion checkpoint"]
 FAST = 64
 
 
@@ -54,6 +56,18 @@ def test_workflow_files_are_where_comfyui_finds_them():
     ui = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     api = sorted(p.stem for p in API_WORKFLOWS.glob("*.json"))
     assert ui == api == NAMES  # UI files are listed by the template browser; API files sit one level down
+    for name in NAMES:  # the template browser shows the file name as the title and <name>.jpg as the picture
+        thumbnail = WORKFLOWS / f"{name}.jpg"
+        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", thumbnail
+        assert thumbnail.stat().st_size < 150_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_workflow_has_a_note_leading_to_real_checkpoints(name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    notes = [" ".join(n["widgets_values"]) for n in ui["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1 and "Stable Diffusion 1.x or 2.x" in notes[0], notes
+    assert "SMITE 4" in notes[0] or "SDXL" in notes[0]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -75,6 +89,32 @@ def test_api_workflow_uses_only_smite_and_core_nodes(name, pack):
     for node in api.values():
         assert node["class_type"] in pack.NODE_CLASS_MAPPINGS or node["class_type"] in CORE_NODES
         assert set(node) == {"class_type", "inputs", "_meta"} and node["_meta"]["title"]  # the frontend's API schema
+
+
+def test_workflow_4_runs_on_the_checkpoint_load_checkpoint_gives(pack, tmp_path):
+    from test_checkpoints import tiny_models, write_single
+
+    import graph_runner
+
+    api = _api(NAMES[3])
+    loader = _node_of(api, "CheckpointLoaderSimple")
+    name = api[loader]["inputs"]["ckpt_name"]
+    path = write_single(tmp_path, tiny_models("sd1", text_overrides={"vocab_size": 49408}), "sd1")
+    kinds = ("SMITE_LoadExample", "SMITE_LearnSegmentEmbedding", "SMITE_InvertVideo")
+    example, learn, invert = (_node_of(api, t) for t in kinds)
+    segment, save = _node_of(api, "SMITE_InflatedUNetSegment"), _node_of(api, "SMITE_SaveEmbedding")
+    overrides = {example: {"frames": 4, "size": FAST}, learn: {"steps": 2, "size": 32}, invert: {"size": 32},
+                 segment: {"window": 4, "overlap": 2}}
+    graph_runner.CheckpointLoaderSimple.FILES = {name: path}
+    try:
+        results = run_api_workflow(api, pack.NODE_CLASS_MAPPINGS, tmp_path / "output", overrides,
+                                   extra={save: {"directory": str(tmp_path / "smite")}})
+    finally:
+        graph_runner.CheckpointLoaderSimple.FILES = {}
+    assert results[save] == ("smite_sd_car_parts.safetensors",)
+    assert (tmp_path / "smite" / "smite_sd_car_parts.safetensors").is_file()
+    assert results[segment][0].labels.shape == (4, FAST, FAST)
+    assert list((tmp_path / "output" / "smite" / "checkpoint").glob("overlay_*.mp4"))
 
 
 def test_workflow_1_learns_segments_and_saves(pack, tmp_path):
@@ -102,7 +142,8 @@ def test_workflow_2_loads_the_bundled_embedding(pack, tmp_path):
     from smite_pack_under_test.nodes.host import EXAMPLE_DIR
 
     api = _api(NAMES[1])
-    example, load, invert = (_node_of(api, t) for t in ("SMITE_LoadExample", "SMITE_LoadEmbedding", "SMITE_InvertVideo"))
+    kinds = ("SMITE_LoadExample", "SMITE_LoadEmbedding", "SMITE_InvertVideo")
+    example, load, invert = (_node_of(api, t) for t in kinds)
     segment = _node_of(api, "SMITE_InflatedUNetSegment")
     assert api[load]["inputs"]["embedding"] == EXAMPLE_EMBEDDING
     assert (Path(EXAMPLE_DIR) / EXAMPLE_EMBEDDING).is_file()
