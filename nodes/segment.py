@@ -12,7 +12,7 @@ import torch
 from smite_core.checks import require_finite
 from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
-from smite_core.inversion import DEFAULT_TIMESTEPS, check_timesteps, encode_frames, working_size
+from smite_core.inversion import DEFAULT_TIMESTEPS, MAX_TIMESTEP, check_timesteps, encode_frames, working_size
 from smite_core.profiling import Profiler
 from smite_core.segment import SegmentConfig, segment_stream, window_spans
 from smite_core.settings import MAX_SIDE, check_side, check_value, widget
@@ -110,10 +110,10 @@ class InvertVideo:
                                             "the frames' own size."}),
                 "random_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                         "tooltip": "Seed of the inversion noise (same seed, same masks)."}),
-                "timestep_min": ("INT", {"default": DEFAULT_TIMESTEPS[0], "min": 1, "max": 999,
+                "timestep_min": ("INT", {"default": DEFAULT_TIMESTEPS[0], "min": 1, "max": MAX_TIMESTEP,
                                          "tooltip": "The latent is noised to a timestep drawn from [min, max] per "
                                                     "window (the method uses about 100)."}),
-                "timestep_max": ("INT", {"default": DEFAULT_TIMESTEPS[1], "min": 1, "max": 999,
+                "timestep_max": ("INT", {"default": DEFAULT_TIMESTEPS[1], "min": 1, "max": MAX_TIMESTEP,
                                          "tooltip": "Upper end of the noise timestep range."}),
             },
         }

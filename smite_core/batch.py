@@ -33,7 +33,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -41,7 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import InputError, SmiteError
+from .errors import InputError, SmiteError, reason
+from .fileio import TEMPORARY_NAME, atomic_path, check_writable
 from .segment import SegmentConfig, segment_stream
 
 BATCH_FILE = "batch.json"
@@ -197,11 +197,6 @@ def source_key(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------- the output folder
 
 
-# What a killed writer leaves beside its target: fileio.atomic_dir's ".<name>.<random>.tmp" and ".<name>.old"
-# folders, atomic_path's ".batch.json.<random>.tmp.json" files (<name> is the group).
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]+\.tmp(?:\.json)?|old)$")
-
-
 def remove_leftovers(out: Path, name: str | None = None) -> list[str]:
     """Remove the temporary files and folders a killed writer left in ``out`` (of the video ``name`` only,
     or all). Returns the names removed."""
@@ -211,7 +206,7 @@ def remove_leftovers(out: Path, name: str | None = None) -> list[str]:
     except OSError:
         return removed
     for path in entries:
-        match = _LEFTOVER.match(path.name)
+        match = TEMPORARY_NAME.match(path.name)
         if match and (name is None or match.group("name") == name):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -243,7 +238,7 @@ def read_record(out: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable batch record ({' '.join(str(err).split())[:120]})") from None
+        raise InputError(f"{path}: not a readable batch record ({_short(err, 120)})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("videos"), dict):
         raise InputError(f"{path}: not a smite batch record")
     if not isinstance(record.get("format_version"), int) or record["format_version"] > FORMAT_VERSION:
@@ -254,11 +249,20 @@ def read_record(out: Path) -> dict | None:
 
 def write_record(out: Path, record: dict) -> None:
     """Replace ``OUT/batch.json`` atomically."""
-    from .fileio import atomic_path
-
     record["updated"] = _now()
     with atomic_path(Path(out) / BATCH_FILE, overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    """``err`` as one line of at most ``limit`` characters (its type's name when it says nothing)."""
+    return reason(err, limit)
+
+
+def _first_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].strip()[:200]}" if lines else type(err).__name__
 
 
 def _now() -> str:
@@ -277,7 +281,7 @@ def _start_record(out: Path, old: dict | None, compared: dict, overwrite: bool) 
                              "use --overwrite to redo them with these, or another --out")
         old = None
     if old is None and Path(out).is_dir() and not overwrite:
-        extra = [p.name for p in Path(out).iterdir() if p.name != LOCK_FILE and not _LEFTOVER.match(p.name)]
+        extra = [p.name for p in Path(out).iterdir() if p.name != LOCK_FILE and not TEMPORARY_NAME.match(p.name)]
         if extra:
             raise InputError(f"{out}: exists and is not a smite batch folder (no {BATCH_FILE}); use --overwrite to "
                              "write into it, or another --out")
@@ -306,7 +310,10 @@ class _Lock:
             import fcntl
         except ImportError:  # Windows: one run per folder is up to the user
             return self
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
+        try:
+            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
+        except OSError as err:
+            raise InputError(f"{self.path.parent}: cannot write here ({err.strerror or _short(err)})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -328,7 +335,8 @@ def segment_video(backbone, embedding, task: VideoTask, settings: BatchSettings,
                   cancelled: Callable[[], bool] | None = None) -> dict:
     """Segment one video into ``task.out`` (written atomically; an earlier result is replaced only when
     the new one is complete) and return its record entry. Bad input becomes a ``failed`` entry with one
-    line; ``cancelled()`` is asked after every frame and stops the work with ``KeyboardInterrupt``."""
+    line; ``cancelled()`` is asked before every UNet pass (``segment_stream``'s ``interrupt`` hook) and stops
+    the work with ``KeyboardInterrupt``."""
     from .export import export_segmentation
     from .video_io import open_frames
 
@@ -336,20 +344,21 @@ def segment_video(backbone, embedding, task: VideoTask, settings: BatchSettings,
     remove_leftovers(out.parent, out.name)  # what a killed earlier attempt left
     notes: list[str] = []
 
-    def progress(done: int, total: int) -> None:
-        if cancelled is not None and cancelled():
+    def interrupt() -> None:
+        if cancelled():
             raise KeyboardInterrupt
 
     started = time.perf_counter()
     try:
         with open_frames(task.video) as source:
-            maps = segment_stream(backbone, embedding, source, settings.config, progress=progress, say=notes.append)
+            maps = segment_stream(backbone, embedding, source, settings.config, say=notes.append,
+                                  interrupt=interrupt if cancelled is not None else None)
             summary = export_segmentation(out, maps, source, embedding.names, overlay_format=settings.overlay,
                                           overwrite=True, edge_aware=settings.edge_aware)
     except SmiteError as err:
         return _entry("failed", seconds=time.perf_counter() - started, error=str(err), notes=notes)
     except Exception as err:  # noqa: BLE001 - one video's unexpected failure never stops the others
-        message = f"internal error {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        message = f"internal error {type(err).__name__}: {_short(err, 300)}"
         return _entry("failed", seconds=time.perf_counter() - started, error=message, notes=notes)
     return _entry("done", frames=summary["frames"], seconds=time.perf_counter() - started, notes=notes)
 
@@ -391,6 +400,8 @@ class VideoWorker:
                                           prediction_type=settings.prediction_type)
         except SmiteError as err:
             self.fatal = str(err)
+        except Exception as err:  # noqa: BLE001 - a device this machine lacks (torch's AssertionError), ...
+            self.fatal = f"{settings.model}: cannot load the backbone on {settings.device} ({_first_line(err)})"
         self.load_s = round(time.perf_counter() - started, 2)
         self._use(embedding)
 
@@ -530,9 +541,10 @@ class _LocalPool:
         cancel = context.Event()
         workers = min(self.workers, len(tasks))
         threads = max(1, torch.get_num_threads() // workers)
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_pool_worker,
-                                   initargs=(*self.args, threads, cancel))
-        futures = {pool.submit(_run_pool_task, task): task for task in tasks}
+        with _sigint_ignored():  # the processes start (on submit) ignoring Ctrl-C until their initializer runs
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_pool_worker,
+                                       initargs=(*self.args, threads, cancel))
+            futures = {pool.submit(_run_pool_task, task): task for task in tasks}
         reported = set()
         try:
             for future in as_completed(futures):
@@ -551,6 +563,26 @@ class _LocalPool:
         pass
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT in this process meanwhile (in the main thread, when Python handles SIGINT; else nothing).
+
+    Spawned processes inherit the ignored signal, so a Ctrl-C while they import torch and unpickle the
+    initializer's arguments does not print their tracebacks; the initializer installs their handler.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _pool_result(future) -> dict:
     from concurrent.futures.process import BrokenProcessPool
 
@@ -561,6 +593,8 @@ def _pool_result(future) -> dict:
                          "again to resume the videos not done (or use --ray, which retries them)") from None
     if entry.get("fatal"):
         raise SmiteError(entry["fatal"])
+    if entry.get("status") == "cancelled":  # a worker got Ctrl-C (or the cancel event) on its own: stop the run
+        raise KeyboardInterrupt
     return entry
 
 
@@ -580,7 +614,7 @@ def _init_pool_worker(settings: BatchSettings, data: bytes, embedding_name: str,
     import signal
 
     global _POOL
-    _exit_with_parent()
+    exit_with_parent()
     _POOL = _PoolState(None, cancel)
     signal.signal(signal.SIGINT, _pool_interrupt)  # Ctrl-C stops a video being segmented, nothing else
     _POOL.worker = VideoWorker(settings, data, embedding_name, threads)
@@ -602,8 +636,9 @@ def _run_pool_task(task: VideoTask) -> dict:
         _POOL.busy = False
 
 
-def _exit_with_parent() -> None:
-    """End this pool process when the driver dies (a ``kill``, not only Ctrl-C): no orphan keeps working."""
+def exit_with_parent() -> None:
+    """In a worker process of a ``multiprocessing`` pool: end it when its parent dies (a ``kill``, not only
+    Ctrl-C, which reaches the whole process group), so that no orphan keeps working (nothing elsewhere)."""
     import multiprocessing
     import threading
 
@@ -676,8 +711,7 @@ def _connect_ray(address: str):
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as err:  # ConnectionError, ValueError (ray:// without ray[client]), ...
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise InputError(f"--ray {address}: cannot connect to a Ray cluster ({reason})") from None
+        raise InputError(f"--ray {address}: cannot connect to a Ray cluster ({_short(err)})") from None
     return ray, True
 
 
@@ -716,17 +750,22 @@ def _dispatch_ray(ray, run: _Run, tasks: list[VideoTask], actors: list, embeddin
             actor, task = inflight.pop(ready[0])
             try:
                 result = ray.get(ready[0])
-            except RayActorError as err:
-                if task is None or getattr(err, "actor_init_failed", False):
-                    if not idle and not inflight and getattr(err, "actor_init_failed", False):
-                        raise SmiteError(f"no Ray worker could start ({_short(err)})") from None
-                    continue  # this worker is gone; the others go on
-                error = f"its worker process died and Ray's retries ran out (killed, out of memory?): {_short(err)}"
-                run.finished(task, _entry("failed", error=error))
-                inflight[actor.ready.remote(embedding)] = (actor, None)  # back to work if Ray restarted it
-                continue
-            except (RayTaskError, TaskCancelledError) as err:
-                result = _entry("failed", error=f"internal error in the Ray worker: {_short(err)}")
+            except (RayActorError, RayTaskError, TaskCancelledError) as err:
+                if task is None:  # this worker could not get ready: the others go on without it
+                    _drop_ray_worker(ray, run, actor, err, last=not idle and not inflight)
+                    continue
+                if not isinstance(err, RayActorError):
+                    result = _entry("failed", error=f"internal error in the Ray worker: {_short(err)}")
+                elif getattr(err, "actor_init_failed", False):  # restarted after dying in this video, it could
+                    # not start again: the video is failed, the worker gone
+                    run.finished(task, _entry("failed", error=f"its worker process died and could not be restarted "
+                                                              f"(killed, out of memory?): {_short(err)}"))
+                    continue
+                else:
+                    error = f"its worker process died and Ray's retries ran out (killed, out of memory?): {_short(err)}"
+                    run.finished(task, _entry("failed", error=error))
+                    inflight[actor.ready.remote(embedding)] = (actor, None)  # back to work if Ray restarted it
+                    continue
             if result.get("fatal"):
                 raise SmiteError(result["fatal"])
             idle.append(actor)
@@ -748,8 +787,16 @@ def _dispatch_ray(ray, run: _Run, tasks: list[VideoTask], actors: list, embeddin
         raise
 
 
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200] or type(err).__name__
+def _drop_ray_worker(ray, run: _Run, actor, err: BaseException, last: bool) -> None:
+    """Give no more videos to ``actor``, which could not get ready (its process died or could not start, or
+    ``ready()`` raised); when it was the ``last`` worker and none could start, stop with one line."""
+    from ray.exceptions import RayActorError
+
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+    if last and (getattr(err, "actor_init_failed", False) or not isinstance(err, RayActorError)):
+        raise SmiteError(f"no Ray worker could start ({_short(err)})") from None
+    run.say(f"note: a Ray worker could not get ready, the others go on without it ({_short(err)})")
 
 
 # ----------------------------------------------------------------------------- segment_many
@@ -779,29 +826,50 @@ def segment_many(videos, embedding: str | os.PathLike, out: str | os.PathLike, c
     say = say or (lambda line: None)
     settings = BatchSettings(config or SegmentConfig(), str(model), device, dtype, prediction_type, overlay, edge_aware)
     _check_options(settings, workers, ray, gpus_per_video)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; give the name of a folder to write")
+    out = check_writable(out, True, "folder")
     tasks = plan_tasks(find_videos(videos, exclude=out), out)
     data, sha = _read_embedding(embedding)
-    record = _start_record(out, read_record(out), settings.compared(sha), overwrite)
-    sources = {task.name: source_key(task.video) for task in tasks}
-    entries = record["videos"]
-    done = {t.name for t in tasks if not overwrite
-            and output_complete(Path(t.out), entries.get(t.name), sources[t.name], settings.overlay)}
-    pending = sorted((t for t in tasks if t.name not in done), key=lambda t: -t.size)  # longest first
-    engine = None
-    if pending:  # connect or load before anything is written: a setup error leaves nothing behind
-        engine = (_RayEngine(settings, data, str(embedding), ray, workers, gpus_per_video, say) if ray else
-                  _InProcess(settings, data, str(embedding), say) if (workers or DEFAULT_WORKERS) == 1 else
-                  _LocalPool(settings, data, str(embedding), workers))
-    say(f"batch: {len(tasks)} video(s), {len(done)} complete from an earlier run, {len(pending)} to segment"
-        + (f" with {min(engine.workers, len(pending))} worker(s)" if engine else ""))
+    made = _make_folder(out)
     try:
-        return _run_batch(out, record, tasks, pending, done, sources, engine, str(embedding), say, progress)
+        with _Lock(out):  # before the record is read: a second run is refused before it loads anything
+            record = _start_record(out, read_record(out), settings.compared(sha), overwrite)
+            sources = {task.name: source_key(task.video) for task in tasks}
+            entries = record["videos"]
+            done = {t.name for t in tasks if not overwrite
+                    and output_complete(Path(t.out), entries.get(t.name), sources[t.name], settings.overlay)}
+            pending = sorted((t for t in tasks if t.name not in done), key=lambda t: -t.size)  # longest first
+            engine = None
+            if pending:  # connect or load before anything is written: a setup error leaves nothing behind
+                engine = (_RayEngine(settings, data, str(embedding), ray, workers, gpus_per_video, say) if ray else
+                          _InProcess(settings, data, str(embedding), say) if (workers or DEFAULT_WORKERS) == 1 else
+                          _LocalPool(settings, data, str(embedding), workers))
+            say(f"batch: {len(tasks)} video(s), {len(done)} complete from an earlier run, {len(pending)} to segment"
+                + (f" with {min(engine.workers, len(pending))} worker(s)" if engine else ""))
+            try:
+                return _run_batch(out, bool(made), record, tasks, pending, done, sources, engine, str(embedding),
+                                  say, progress)
+            finally:
+                if engine is not None:
+                    engine.close()
     finally:
-        if engine is not None:
-            engine.close()
+        for folder in made:  # the folders this call made and left empty (nothing written) go again
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _make_folder(out: Path) -> list[Path]:
+    """Create ``out`` (and missing parents); return the folders this call created, deepest first."""
+    made, folder = [], out
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{out}: cannot write here ({err.strerror or _short(err)})") from None
+    return made
 
 
 def _check_options(settings: BatchSettings, workers, ray, gpus_per_video) -> None:
@@ -828,55 +896,50 @@ def _read_embedding(path: str | os.PathLike) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _run_batch(out: Path, record: dict, tasks: list[VideoTask], pending: list[VideoTask], done: set[str],
-               sources: dict[str, str], engine, embedding: str, say, progress) -> BatchResult:
-    """Write the plan to ``batch.json``, run ``engine`` on the pending videos and keep the record true."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    started, keep = time.perf_counter(), True
+def _run_batch(out: Path, created: bool, record: dict, tasks: list[VideoTask], pending: list[VideoTask],
+               done: set[str], sources: dict[str, str], engine, embedding: str, say, progress) -> BatchResult:
+    """Write the plan to ``batch.json``, run ``engine`` on the pending videos and keep the record true
+    (``out``, which this run ``created`` or not, is locked)."""
+    started, keep, completed = time.perf_counter(), True, False
+    for leftover in remove_leftovers(out):
+        say(f"note: removed {out / leftover}, left by an interrupted run")
+    for task in tasks:
+        old = record["videos"].get(task.name, {})
+        record["videos"][task.name] = ({**old, "video": task.video, "status": "skipped"} if task.name in done
+                                       else {"video": task.video, "status": "pending", "frames": None,
+                                             "seconds": None, "error": None, "source": sources[task.name]})
+    record.update(embedding=str(Path(embedding).resolve()), run=[t.name for t in tasks],
+                  engine=engine.name if engine else None, workers=min(engine.workers, len(pending)) if engine else 0)
+    write_record(out, record)
+    run = _Run(out, record, len(pending), say, progress)
     try:
-        with _Lock(out):
-            for leftover in remove_leftovers(out):
-                say(f"note: removed {out / leftover}, left by an interrupted run")
-            for task in tasks:
-                old = record["videos"].get(task.name, {})
-                record["videos"][task.name] = ({**old, "video": task.video, "status": "skipped"} if task.name in done
-                                               else {"video": task.video, "status": "pending", "frames": None,
-                                                     "seconds": None, "error": None, "source": sources[task.name]})
-            record.update(embedding=str(Path(embedding).resolve()), run=[t.name for t in tasks],
-                          engine=engine.name if engine else None,
-                          workers=min(engine.workers, len(pending)) if engine else 0)
-            write_record(out, record)
-            run = _Run(out, record, len(pending), say, progress)
-            try:
-                if engine is not None:
-                    engine.run(run, pending)
-            except KeyboardInterrupt:
-                record["interrupted"] = True
-                say(f"interrupted: {run.count} of {len(pending)} video(s) finished; {out / BATCH_FILE} says which; "
-                    "run the same command again to resume")
-                raise
-            except SmiteError:  # nothing was done in a folder this run made: leave nothing behind
-                keep = not (created and run.count == 0 and all(p.name in (BATCH_FILE, LOCK_FILE)
-                                                               or _LEFTOVER.match(p.name) for p in out.iterdir()))
-                raise
-            finally:
-                remove_leftovers(out)
-                if keep:
-                    _finish_record(out, record, time.perf_counter() - started)
+        if engine is not None:
+            engine.run(run, pending)
+        completed = True
+    except KeyboardInterrupt:
+        record["interrupted"] = True
+        say(f"interrupted: {run.count} of {len(pending)} video(s) finished; {out / BATCH_FILE} says which; "
+            "run the same command again to resume")
+        raise
+    except SmiteError:  # nothing was done in a folder this run made: leave nothing behind
+        keep = not (created and run.count == 0 and all(p.name in (BATCH_FILE, LOCK_FILE)
+                                                       or TEMPORARY_NAME.match(p.name) for p in out.iterdir()))
+        raise
     finally:
-        if not keep:
+        remove_leftovers(out)
+        if keep:
+            _finish_record(out, record, time.perf_counter() - started, completed)
+        else:
             (out / BATCH_FILE).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                out.rmdir()
     counts = record["counts"]
     say(f"batch: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in "
         f"{record['seconds']:.0f} s; record: {out / BATCH_FILE}")
     return BatchResult(out, record)
 
 
-def _finish_record(out: Path, record: dict, seconds: float) -> None:
+def _finish_record(out: Path, record: dict, seconds: float, completed: bool) -> None:
+    """Stamp the run's time and counts; ``finished`` only when it ``completed`` (no interrupt, no error)."""
     record["seconds"] = round(seconds, 2)
-    record["finished"] = None if record["interrupted"] else _now()
+    record["finished"] = _now() if completed else None
     record["counts"] = {s: sum(1 for n in record["run"] if record["videos"][n]["status"] == s) for s in STATUSES}
     write_record(out, record)

@@ -118,7 +118,7 @@ def cmd_segment(args) -> int:
         maps = segment_stream(backbone, embedding, source, config,
                               progress=_progress_bar("segmenting", source.num_frames, "frame"),
                               say=lambda message: _say(f"note: {message}"))
-        overlay = None if args.overlay == "none" else args.overlay
+        overlay = _overlay_format(args)
         summary = export_segmentation(args.out, maps, source, embedding.names, overlay_format=overlay,
                                       overwrite=args.overwrite, edge_aware=not args.no_edge_aware)
     _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
@@ -132,7 +132,7 @@ def cmd_batch(args) -> int:
     try:
         result = segment_many(args.videos, args.embedding, args.out, _segment_config(args), model=args.model,
                               device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
-                              overlay=None if args.overlay == "none" else args.overlay,
+                              overlay=_overlay_format(args),
                               edge_aware=not args.no_edge_aware, workers=args.workers, ray=args.ray,
                               gpus_per_video=args.gpus_per_video, overwrite=args.overwrite, say=_say)
     except KeyboardInterrupt:  # segment_many has said what is done and that the same command resumes
@@ -141,6 +141,9 @@ def cmd_batch(args) -> int:
     if result.failed:
         _say(f"{len(result.failed)} video(s) failed: {', '.join(result.failed[:10])}"
              + (" ..." if len(result.failed) > 10 else "") + f"; their errors are in {result.out / 'batch.json'}")
+        return 1
+    if result.pending:  # the run stopped early (a worker was cancelled): the same command resumes
+        _say(f"{len(result.pending)} video(s) not segmented; run the same command again to finish them")
         return 1
     return 0
 
@@ -180,8 +183,8 @@ def cmd_vote(args) -> int:
     from .errors import InputError
     from .fileio import atomic_dir, check_writable
     from .label_png import read_label_png, save_label_png
-    from .metrics import label_files, read_segment_names
-    from .references import natural_key
+    from .metrics import label_files
+    from .references import complete_names, natural_key, read_segments_json
     from .tracking import make_tracker
     from .video_io import open_frames, open_video_writer, overlay
     from .voting import iter_vote_labels, window_offsets
@@ -217,13 +220,12 @@ def cmd_vote(args) -> int:
             return torch.stack([cache[i] for i in range(a, b)])
 
         segments = Path(args.labels) / "segments.json"
-        key = read_segment_names(segments) if segments.is_file() else []  # the overlay's colour key
-        key += [str(i) for i in range(len(key), num_classes)]
+        key = complete_names(read_segments_json(segments)[0] if segments.is_file() else [], num_classes)  # colour key
         with atomic_dir(args.out, overwrite=args.overwrite) as tmp, contextlib.ExitStack() as stack:
             (tmp / "labels").mkdir()
             if segments.is_file():
                 shutil.copyfile(segments, tmp / "segments.json")
-            overlay_name = None if args.overlay == "none" else f"overlay.{args.overlay}"
+            overlay_name = _overlay_format(args) and f"overlay.{args.overlay}"
             writer = (stack.enter_context(open_video_writer(tmp / overlay_name, fps=source.fps))
                       if overlay_name else None)
             stream = iter_vote_labels(source.read, read_labels, len(paths), num_classes, tracker, args.vote_window,
@@ -267,7 +269,7 @@ def cmd_bench(args) -> int:
         result = run_bench(frames=BENCH_FRAMES if args.frames is None else args.frames, frame_size=args.frame_size,
                            model=args.model, device=args.device, dtype=args.dtype, inflate=not args.no_inflate,
                            seed=args.seed, size=args.size, video=args.video,
-                           overlay=None if args.overlay == "none" else args.overlay, voting=not args.no_vote,
+                           overlay=_overlay_format(args), voting=not args.no_vote,
                            vote_ref_queries=args.vote_ref_queries or None, say=_say, progress_factory=_progress_bar)
     if args.json:
         print(result_line(result))
@@ -281,7 +283,7 @@ def _bench_batch(args) -> int:
 
     result = run_batch_bench(frames=args.batch_frames, workers=args.batch, frame_size=args.frame_size, size=args.size,
                              model=args.model, device=args.device, dtype=args.dtype, seed=args.seed,
-                             overlay=None if args.overlay == "none" else args.overlay, say=_say)
+                             overlay=_overlay_format(args), say=_say)
     print(result_line(result) if args.json else format_result(result))
     return 0
 
@@ -383,8 +385,8 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_tracker_args(p: argparse.ArgumentParser, choices) -> None:
+    from .segment import SegmentConfig
     from .tracking import DEFAULT_TRACKER, NO_TRACKING, TRACKERS
-    from .voting import DEFAULT_WINDOW
 
     meaning = {**TRACKERS, NO_TRACKING: "no tracking and no vote"}
     p.add_argument("--tracker", default=DEFAULT_TRACKER, choices=list(choices),
@@ -393,8 +395,12 @@ def _add_tracker_args(p: argparse.ArgumentParser, choices) -> None:
     p.add_argument("--tracker-checkpoint", default=None, metavar="PATH",
                    help="CoTracker3 checkpoint file, or a models folder holding scaled_offline.pth (needed by "
                         "--tracker cotracker)")
-    p.add_argument("--vote-window", type=int, default=DEFAULT_WINDOW, metavar="N",
-                   help=f"frames a temporal vote looks at around each frame (default {DEFAULT_WINDOW})")
+    _config_option(p, SegmentConfig, "vote_window", "frames a temporal vote looks at around each frame")
+
+
+def _overlay_format(args) -> str | None:
+    """The ``--overlay`` choice as the writers take it: a format, or None for no overlay."""
+    return None if args.overlay == "none" else args.overlay
 
 
 def _add_overlay_arg(p: argparse.ArgumentParser, what: str = "overlay video") -> None:

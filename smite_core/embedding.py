@@ -22,7 +22,7 @@ import torch
 
 from .backbone import Backbone
 from .components import TEXT_LENGTH
-from .errors import EmbeddingError
+from .errors import EmbeddingError, reason
 from .fileio import atomic_path
 
 FORMAT = "smite-embedding"
@@ -101,7 +101,7 @@ class SegmentEmbedding:
                 metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for damaged files
-            raise EmbeddingError(f"{path}: not a readable safetensors embedding file ({_short(exc)})") from None
+            raise EmbeddingError(f"{path}: not a readable safetensors embedding file ({reason(exc, 160)})") from None
         if metadata.get("format") != FORMAT:
             raise EmbeddingError(f"{path}: not a SMITE embedding file (format {metadata.get('format')!r})")
         try:
@@ -111,7 +111,7 @@ class SegmentEmbedding:
             fingerprint = metadata["backbone_fingerprint"]
             meta = json.loads(metadata.get("meta", "{}"))
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
-            raise EmbeddingError(f"{path}: damaged metadata ({_short(exc)})") from None
+            raise EmbeddingError(f"{path}: damaged metadata ({reason(exc, 160)})") from None
         if not isinstance(meta, dict):
             raise EmbeddingError(f"{path}: damaged metadata ('meta' is not an object)")
         if version > FORMAT_VERSION:
@@ -134,10 +134,6 @@ class SegmentEmbedding:
         meta["source"] = str(path)
         return cls(tokens=tokens.float(), names=names, backbone_fingerprint=fingerprint,
                    kv={n: v.float() for n, v in kv.items()}, meta=meta)
-
-
-def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
 def build_context(empty_prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

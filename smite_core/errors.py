@@ -6,6 +6,12 @@ traceback; the ComfyUI nodes let it surface as a readable node error.
 """
 
 
+def reason(err: BaseException, limit: int | None = None) -> str:
+    """What ``err`` says, on one line (at most ``limit`` characters), or its type's name when it says
+    nothing: the part in parentheses of a one-line error about a file the program could not use."""
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
 class SmiteError(Exception):
     """Base class: a problem the user can fix. ``str(err)`` is one line."""
 

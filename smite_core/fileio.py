@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, OutputExistsError, reason
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool, kind: str | None = None) -> Path:
@@ -49,7 +50,13 @@ def current_umask() -> int:
 
 
 def _reason(err: OSError) -> str:
-    return err.strerror or " ".join(str(err).split()) or type(err).__name__
+    return err.strerror or reason(err)
+
+
+# What a writer killed mid-way leaves beside its target ``<name>``: atomic_path's ".<name>.<random>.tmp<suffix>"
+# files, atomic_dir's ".<name>.<random>.tmp" and ".<name>.old" folders (the names made below). Group "name":
+# the target's name.
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]+\.tmp(?:\.\w+)?|old)$")
 
 
 @contextlib.contextmanager

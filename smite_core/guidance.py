@@ -9,7 +9,8 @@ Two energies of a window's inference WAS ``S = WAS(z) [f,K,h,w]`` (differentiabl
   (frames, rows, columns) and ``M`` keeping rows and columns below ``floor(n * cutoff)`` and every
   temporal frequency: a spatial low-pass that keeps the reference pass's coarse layout.
 
-:func:`guide_latents` runs the Adam-style update of the reference code on 4-frame sub-slices:
+:func:`guide_latents` runs the Adam-style update of the reference code on sub-slices of
+``guide_slice`` frames (4 by default, fewer on a GPU short of memory):
 ``z <- z - lr * sigma_t * m_hat / (sqrt(v_hat) + 1e-5)`` with ``sigma_t = beta_t / (1 - beta_t)``
 (the per-step alpha, not the cumulative one) and moments reset per guided timestep and kept per
 sub-slice (so ragged last slices work, defect D5).

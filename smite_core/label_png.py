@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, reason
 from .fileio import atomic_path
 
 _GREY_MODES = ("L", "LA", "I;16", "I;16B", "I;16L", "I", "1", "P", "PA")
@@ -86,8 +86,7 @@ def _open_image(path: str | os.PathLike) -> Image.Image:
             image.load()
             return image.copy()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise InputError(f"{path}: cannot read label image ({reason})") from err
+        raise InputError(f"{path}: cannot read label image ({reason(err)})") from err
 
 
 def _rgb_channels(image: Image.Image) -> np.ndarray:

@@ -30,7 +30,7 @@ from .learn_state import SAVE_EVERY, LearnState, run_key
 from .losses import class_weights
 from .memory_budget import autocast, flushed_denormals
 from .references import ReferenceSet
-from .settings import MAX_SEED, check_ranges, check_side, ranged
+from .settings import MAX_SEED, check_ranges, check_side, range_of, ranged
 from .unet_pass import unet_forward
 from .was import cross_attention_logits, was_train
 
@@ -75,7 +75,11 @@ class LearnConfig:
         self.validate()
         if self.steps is not None:
             return self
-        return replace(self, steps=self.epochs * max(1, num_references))
+        steps, most = self.epochs * max(1, num_references), range_of(LearnConfig, "steps")[1]
+        if steps > most:
+            raise InputError(f"epochs: {self.epochs} epochs x {num_references} references = {steps} steps, more than "
+                             f"{most}; lower epochs or give steps")
+        return replace(self, steps=steps)
 
 
 def segmentation_losses(record, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, reason
 from .fileio import atomic_path
 
 FORMAT = "smite-learn-state"
@@ -37,10 +37,6 @@ def run_key(backbone, references, config) -> str:
         h.update(image.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
         h.update(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:160] or type(err).__name__
 
 
 SAVE_EVERY = 25  # steps between saves of the learning state (0: only when interrupted)
@@ -81,7 +77,7 @@ class LearnState:
                 metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:  # damaged, truncated or not safetensors at all
-            raise InputError(f"{self.path}: not a readable learning state ({_short(err)}); delete it or "
+            raise InputError(f"{self.path}: not a readable learning state ({reason(err, 160)}); delete it or "
                              "choose another checkpoint path") from None
         if metadata.get("format") != FORMAT:
             raise InputError(f"{self.path}: not a SMITE learning state (format {metadata.get('format')!r}); "
@@ -96,7 +92,7 @@ class LearnState:
         try:
             step = int(metadata["step"])
         except (KeyError, ValueError) as err:
-            raise InputError(f"{self.path}: damaged learning state ({_short(err)})") from None
+            raise InputError(f"{self.path}: damaged learning state ({reason(err, 160)})") from None
         if not 0 <= step <= total_steps or "tokens" not in tensors or "rng" not in tensors or "order" not in tensors:
             raise InputError(f"{self.path}: damaged learning state (step {step} of {total_steps})")
         return {"step": step, "tensors": tensors}
@@ -124,7 +120,7 @@ class LearnState:
                 optimizer.load_state_dict(saved)
             generator.set_state(tensors["rng"].to(torch.uint8).contiguous())
         except (KeyError, RuntimeError, ValueError) as err:
-            raise InputError(f"{self.path}: damaged learning state ({_short(err)})") from None
+            raise InputError(f"{self.path}: damaged learning state ({reason(err, 160)})") from None
         self.saved_step = state["step"]
         return state["step"], [int(i) for i in tensors["order"].tolist()]
 

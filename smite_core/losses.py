@@ -9,7 +9,7 @@ import torch
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Background 1; present foreground class c: N_fg / N_c; absent classes 0. ``labels [h,w]``."""
+    """Background 1; present foreground class c: N_fg / N_c; absent classes 0. ``labels``: ids 0..K-1, any shape."""
     counts = torch.bincount(labels.flatten(), minlength=num_classes).float()
     weights = torch.zeros(num_classes, device=labels.device)
     weights[0] = 1.0

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .checks import require_finite
-from .errors import InputError
+from .errors import InputError, reason
 from .label_png import describe_label_png, is_color_label_png, read_color_label_png, read_label_png
 
 MAX_SEGMENTS = 76  # background + 75 learned tokens fit in CLIP's 77-token context with BOS
@@ -53,8 +53,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     except InputError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise InputError(f"{path}: cannot read image ({reason})") from err
+        raise InputError(f"{path}: cannot read image ({reason(err)})") from err
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -216,8 +215,7 @@ def read_segments_json(path: str | os.PathLike) -> tuple[list[str], dict | None]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        reason = " ".join(str(err).split())
-        raise InputError(f"{path}: cannot read segments file ({reason})") from err
+        raise InputError(f"{path}: cannot read segments file ({reason(err)})") from err
     colors = None
     if isinstance(data, dict):
         if "colors" in data:
@@ -279,7 +277,7 @@ def _read_labels(paths: list[Path], colors: dict | None, names: list[str]) -> tu
     if table and any("colour-coded" in c for c in codings):
         pairs = ", ".join(f"{list(colour)}={i}" for colour, i in sorted(table.items(), key=lambda kv: kv[1]))
         notes.append(f"colour -> id ({origin}; black = background): {pairs}")
-    elif table is None and len(names) <= 2:
+    elif table is None and len(complete_names(names, 0)) <= 2:  # names with or without the background
         maps, binary = _binary_masks(maps)
         notes += [binary] if binary else []
     return maps, notes

@@ -30,7 +30,7 @@ import torch
 from .backbone import Backbone
 from .checks import require_finite
 from .embedding import SegmentEmbedding, build_context
-from .errors import InputError, SmiteError
+from .errors import InputError, SmiteError, reason
 from .guidance import GuidanceEnergy, guide_latents, guide_slice, step_size
 from .inversion import DEFAULT_TIMESTEPS, add_noise, check_timesteps, encode_frames, sample_timestep, working_size
 from .memory_budget import encode_batch, flushed_denormals
@@ -38,7 +38,7 @@ from .profiling import NO_PROFILER, Profiler
 from .settings import MAX_SEED, check_ranges, check_side, ranged
 from .tracking import DEFAULT_TRACKER, NO_TRACKING, TRACKERS, Tracker, Tracks, make_tracker
 from .unet_pass import unet_forward
-from .voting import DEFAULT_WINDOW, vote_tracks
+from .voting import DEFAULT_WINDOW, WINDOW_RANGE, vote_tracks
 from .was import was_inference
 
 SEGMENT_TRACKERS = (*TRACKERS, NO_TRACKING)
@@ -66,13 +66,13 @@ class SegmentConfig:
     overlap: int = ranged(8, 0, 255)
     inflate: bool = True
     pool_norm: bool = True  # frame-pooled GroupNorm in the inflated UNet
-    size: int | tuple[int, int] | None = None  # working size; None = the backbone's resolution
+    size: int | tuple[int, int] | None = None  # working size; None = the backbone's segmentation resolution
     timesteps: tuple[int, int] = DEFAULT_TIMESTEPS
     seed: int = ranged(0, 0, MAX_SEED)
     tracker: str = DEFAULT_TRACKER
     track_weight: float = ranged(0.1, 0.0, 100.0)
     lowpass_weight: float = ranged(8.0, 0.0, 1000.0)
-    vote_window: int = ranged(DEFAULT_WINDOW, 1, 99)
+    vote_window: int = ranged(DEFAULT_WINDOW, *WINDOW_RANGE)
     vote_output: bool = True
     lowpass_cutoff: float = ranged(0.4, 0.01, 1.0)
     lowpass_first_cutoff: float = ranged(0.999, 0.01, 1.0)
@@ -228,8 +228,7 @@ class WindowRunner:
     def reference_pass(self, frames: torch.Tensor, latents: torch.Tensor | None = None) -> ReferencePass:
         """Encode (unless ``latents``), noise once at ``t ~ U(config.timesteps)`` and run the UNet."""
         if latents is None:
-            with self.profiler.stage("vae_encode", items=frames.shape[0]):
-                latents = encode_frames(self.backbone, frames, self.work_size(tuple(frames.shape[1:3])))
+            latents = self.encode(frames)
         t = sample_timestep(self.generator, self.config.timesteps)
         noisy = add_noise(self.backbone, latents.to(self.backbone.device, self.backbone.dtype), t, self.generator)
         out, was = self.forward(noisy, t)
@@ -248,12 +247,10 @@ class WindowRunner:
         return current
 
     def track(self, frames: torch.Tensor, grid_hw: tuple[int, int]) -> Tracks | None:
-        """Dense tracks of the window's grid cells, or None when the config tracks nothing."""
-        if self.config.tracker == NO_TRACKING:
-            return None
+        """Dense tracks of the window's grid cells, or None when nothing is tracked (tracker ``none``:
+        :meth:`build` made no tracker)."""
         if self.tracker is None:
-            self.tracker = make_tracker(self.config.tracker, self.config.tracker_checkpoint,
-                                        device=self.backbone.device)
+            return None
         self.interrupt()
         with self.profiler.stage("tracking"):
             return self.tracker.track(frames, grid_hw, max_offset=self.config.vote_window // 2)
@@ -380,6 +377,9 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
                    interrupt: Callable[[], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(frame_index, WAS [K,h,w])`` for every frame of ``source`` in order, window by window.
 
+    The settings, the embedding's backbone and ``latents`` are checked when this is called, before
+    anything is computed; the windows are computed as the caller iterates.
+
     ``source`` is a ``video_io.FrameSource`` (anything with ``num_frames``, ``height``, ``width`` and
     ``read(start, stop)``). ``latents``: optional clean VAE latents ``[T,4,h,w]`` of the whole video
     (from ``InvertVideo``); without them each window's frames are encoded as they are read.
@@ -403,6 +403,13 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
         raise InputError(f"latents: {latents.shape[0]} frames, but the video has {total}")
     runner = WindowRunner.build(backbone, embedding, config, frame_hw=(source.height, source.width),
                                 profiler=profiler, interrupt=interrupt)
+    return _windows(runner, source, latents, progress, say)  # checked now, computed as the caller iterates
+
+
+def _windows(runner: WindowRunner, source, latents: torch.Tensor | None, progress: Callable[[int, int], None] | None,
+             say: Callable[[str], None] | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """The generator behind :func:`segment_stream`, once its inputs are checked."""
+    total, device = source.num_frames, runner.backbone.device
     spans = window_spans(total, runner.config.window, runner.config.overlap)
     window_latents, fade = _WindowLatents(runner, latents), _CrossFade()
     previous: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -415,14 +422,14 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
             carry = previous[1][span[0] - previous[0][0]:span[1] - previous[0][0]]
         out_of_memory = None
         try:
-            with flushed_denormals(backbone.device):  # CPU speed; no-op on GPUs
+            with flushed_denormals(device):  # CPU speed; no-op on GPUs
                 with runner.profiler.stage("decode"):
                     frames = source.read(*span)
                 was = runner.run(frames, window_latents.of(span, frames), carry)
         except Exception as err:  # only out-of-memory is handled; everything else propagates
             if not is_out_of_memory(err):
                 raise
-            out_of_memory = " ".join(str(err).split())[:120]
+            out_of_memory = reason(err, 120)
         if out_of_memory is not None:  # outside the except block: the failed window's tensors are freed
             frames = None
             runner, spans = _retry_smaller(runner, spans, i, total, out_of_memory, say)

@@ -41,8 +41,8 @@ def check_value(name: str, value: Any, low: float, high: float, integer: bool) -
     """Refuse ``value`` unless it is a finite number (an integer when ``integer``) in ``[low, high]``."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or (integer and not isinstance(value, int)) or not math.isfinite(value) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise InputError(f"{option_name(name)}: must be {kind} between {low:g} and {high:g} (got {value!r})")
+        kind, bounds = ("an integer", f"{low} and {high}") if integer else ("a number", f"{low:g} and {high:g}")
+        raise InputError(f"{option_name(name)}: must be {kind} between {bounds} (got {value!r})")
 
 
 def check_ranges(config) -> None:

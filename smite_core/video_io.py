@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .checks import require_finite
-from .errors import InputError
+from .errors import InputError, reason
 from .fileio import atomic_path
 from .label_png import palette
 from .legend import with_key
@@ -31,10 +31,6 @@ FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
 DEFAULT_FPS = 24.0
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
-
-
-def _reason(err: Exception) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 # ----------------------------------------------------------------------------- sources
@@ -123,7 +119,7 @@ def _oriented_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-        raise InputError(f"{path}: cannot read frame ({_reason(err)})") from err
+        raise InputError(f"{path}: cannot read frame ({reason(err)})") from err
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
@@ -166,7 +162,7 @@ def _count_video_frames(path: Path) -> tuple[int, float]:
     except InputError:
         raise
     except _AV_ERRORS as err:
-        raise InputError(f"{path}: cannot read video ({_reason(err)})") from err
+        raise InputError(f"{path}: cannot read video ({reason(err)})") from err
     fps = float(rate) if rate and float(rate) > 0 else DEFAULT_FPS
     return count, fps
 
@@ -196,7 +192,7 @@ class _VideoFrames(FrameSource):
             self._container = av.open(str(self._path))
             self._decoder = self._container.decode(self._container.streams.video[0])
         except _AV_ERRORS as err:
-            raise InputError(f"{self._path}: cannot read video ({_reason(err)})") from err
+            raise InputError(f"{self._path}: cannot read video ({reason(err)})") from err
         self._next = 0
 
     def close(self) -> None:
@@ -211,7 +207,7 @@ class _VideoFrames(FrameSource):
         except StopIteration:
             return None
         except _AV_ERRORS as err:
-            raise InputError(f"{self._path}: cannot decode frame {self._next} ({_reason(err)})") from err
+            raise InputError(f"{self._path}: cannot decode frame {self._next} ({reason(err)})") from err
         if self._coded_size is None:
             self._coded_size = (frame.height, frame.width)
             self._rotation = int(round((frame.rotation or 0) / 90.0)) % 4

@@ -22,6 +22,7 @@ from .errors import InputError
 from .tracking import DEFAULT_TRACKER, Tracker, Tracks, make_tracker
 
 DEFAULT_WINDOW = 15  # frames a vote looks at (the reference code's Algorithm 1)
+WINDOW_RANGE = (1, 99)  # the vote window's range (SegmentConfig.vote_window, smite vote --vote-window)
 DEFAULT_MAX_GRID = 256  # label videos: voting cells on the long side
 # Elements of the gathered [Fq, W, N, K] block formed at a time (query frames are chunked to fit).
 CHUNK_ELEMENTS = 1 << 25
@@ -29,8 +30,9 @@ CHUNK_ELEMENTS = 1 << 25
 
 def window_offsets(window: int) -> tuple[int, int]:
     """Frames ``(before, after)`` the query frame that a voting window of ``window`` frames covers."""
-    if window < 1:
-        raise InputError(f"vote window: must be at least 1 frame (got {window})")
+    low, high = WINDOW_RANGE
+    if isinstance(window, bool) or not isinstance(window, int) or not low <= window <= high:
+        raise InputError(f"vote window: must be a whole number of frames between {low} and {high} (got {window!r})")
     before = (window - 1) // 2
     return before, window - 1 - before
 

@@ -166,6 +166,37 @@ def test_bad_options_one_line_and_nothing_written(inputs, tmp_path, capsys, monk
     assert sorted(p.name for p in out.iterdir()) == ["mine"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_line_and_nothing_written(inputs, tmp_path, capsys):
+    """--device cuda without CUDA (torch raises its own AssertionError while loading): one error line naming the
+    model and the device, in this process and in a pool worker, and no folder left behind."""
+    out = tmp_path / "new" / "out"
+    args = ["batch", "--videos", str(inputs["videos"][0]), "--embedding", str(inputs["embedding"]), "--out", str(out),
+            "--size", "32", "--guide-steps", "0", "--device", "cuda"]
+    for workers in ("1", "2"):  # 2: a pool (of one process: one video)
+        assert main([*args, "--workers", workers]) == 2
+        line = _error_line(capsys)
+        assert "tiny: cannot load the backbone on cuda" in line and "worker process ended" not in line, line
+        assert not out.parent.exists()
+
+
+def test_a_second_run_is_refused_before_it_loads_anything(inputs, tmp_path, monkeypatch):
+    """The lock is taken before the record is read and the backbone loaded: a second run into a folder being
+    written stops at once and writes nothing."""
+    import smite_core.backbone as backbone_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the backbone was loaded")
+
+    monkeypatch.setattr(backbone_module, "load_backbone", no_load)
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch._Lock(out):  # a run in progress
+        with pytest.raises(InputError, match="another smite batch is writing there"):
+            batch.segment_many([str(inputs["videos"][0])], inputs["embedding"], out, FAST_CONFIG, device="cpu")
+        assert [p.name for p in out.iterdir()] == [batch.LOCK_FILE]
+
+
 def test_batch_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["batch", "--help"])
@@ -245,6 +276,53 @@ def test_interrupted_run_resumes_with_only_the_rest(inputs, expected, tmp_path, 
     result = batch.segment_many(**call)
     assert result.done == [damaged] and len(result.skipped) == 4
     _same_labels(out, expected)
+
+
+def test_an_error_mid_run_leaves_the_record_unfinished(inputs, tmp_path, fast_backbone):
+    """A run that stops on an error after a video (here the caller's progress callback) keeps that video, the
+    others pending, and is not stamped finished (only a run that went to its end is)."""
+    out = tmp_path / "out"
+
+    def broken_display(done, total):
+        raise RuntimeError("the progress display broke")
+
+    with pytest.raises(RuntimeError, match="display broke"):
+        batch.segment_many([str(inputs["root"] / "shots" / f"{name}.mp4") for name in GOOD[:2]], inputs["embedding"],
+                           out, FAST_CONFIG, device="cpu", progress=broken_display)
+    record = json.loads((out / "batch.json").read_text())
+    assert record["counts"] == {"done": 1, "failed": 0, "skipped": 0, "pending": 1}
+    assert record["finished"] is None and not record["interrupted"]
+    _no_leftovers(out)
+
+
+def test_a_video_cancelled_in_one_pool_worker_ends_the_run_as_interrupted(inputs, tmp_path, capsys, monkeypatch):
+    """Ctrl-C that reaches one pool worker only sets the run's cancel event, so the workers hand back their videos
+    cancelled: the run ends as interrupted (exit 130, the record not finished, the videos pending), never as if it
+    had finished. The pool is replaced by one whose workers hand back every video so (no processes started)."""
+    import concurrent.futures
+
+    class CancelledPool:
+        def __init__(self, **kwargs):
+            pass
+
+        def submit(self, fn, task):
+            future = concurrent.futures.Future()
+            future.set_result({"status": "cancelled"})
+            return future
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CancelledPool)
+    out = tmp_path / "out"
+    videos = [str(inputs["root"] / "shots" / f"{name}.mp4") for name in GOOD[:3]]
+    assert main(["batch", "--videos", *videos, "--embedding", str(inputs["embedding"]), "--out", str(out),
+                 "--workers", "2", *FAST]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    record = json.loads((out / "batch.json").read_text())
+    assert record["interrupted"] and record["finished"] is None
+    assert record["counts"] == {"done": 0, "failed": 0, "skipped": 0, "pending": 3}
+    _no_leftovers(out)
 
 
 def _cli(*args, **kwargs) -> subprocess.Popen:

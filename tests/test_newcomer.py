@@ -68,6 +68,12 @@ def test_learn_refuses_out_of_range_options(workspace, capsys, args, culprit):
     assert not out.exists() and not list(workspace.glob(".bad*"))
 
 
+def test_too_many_epochs_name_epochs_not_steps():
+    with pytest.raises(InputError, match=r"^epochs: 10000 epochs x 20 references = 200000 steps"):
+        LearnConfig(epochs=10_000).resolved(20)
+    assert LearnConfig(epochs=10_000).resolved(10).steps == 100_000
+
+
 @pytest.mark.parametrize("args, culprit", [
     (["--size", "7"], "size"), (["--size", "100"], "size"), (["--window", "0"], "window"),
     (["--window", "300"], "window"), (["--window", "4", "--overlap", "4"], "overlap"),
@@ -182,6 +188,16 @@ def test_named_segments_keep_their_ids_even_when_one_reference_shows_only_one(tm
     assert refs.names == ["background", "wheel", "window"] and set(np.unique(refs.labels[0].numpy())) == {0, 2}
 
 
+@pytest.mark.parametrize("names", [["background", "wheel", "window"], ["wheel", "window"]])
+def test_a_mask_is_not_binary_when_segments_json_names_two_parts(tmp_path, names):
+    """With or without the background in the list, two named parts keep the mask's values as ids."""
+    _mask_folder(tmp_path, [_disk_mask(2)])
+    (tmp_path / "segments.json").write_text(json.dumps(names))
+    refs = load_reference_folder(tmp_path)
+    assert refs.names == ["background", "wheel", "window"] and set(np.unique(refs.labels[0].numpy())) == {0, 2}
+    assert not any("binary masks" in note for note in refs.notes)
+
+
 def test_cli_says_how_it_read_a_binary_mask(tmp_path, capsys):
     _mask_folder(tmp_path / "refs", [_disk_mask(255)])
     assert cli.main(["learn", "--refs", str(tmp_path / "refs"), "--out", str(tmp_path / "e.safetensors"), "--steps",
@@ -255,6 +271,26 @@ def test_outputs_carry_the_segment_colours_and_the_overlay_a_key(workspace, tmp_
     corner = np.abs(shown[:40, :80].astype(int) - plain[:40, :80].astype(int)).mean()
     elsewhere = np.abs(shown[200:, 150:].astype(int) - plain[200:, 150:].astype(int)).mean()
     assert corner > 20 * max(elsewhere, 1)  # the key is drawn in the top-left corner
+
+
+@pytest.mark.parametrize("names", [["background", "wheel", "window"], ["wheel", "window"]])
+def test_vote_overlay_key_names_each_id_as_references_do(tmp_path, monkeypatch, names):
+    """smite vote's colour key reads segments.json as the references do: a list without the background
+    names ids 1.. (never id 0)."""
+    import smite_core.video_io as video_io
+
+    for t in range(2):
+        _png(tmp_path / "video" / f"{t}.png", np.full((32, 32, 3), 90, np.uint8))
+        labels = np.zeros((32, 32), np.uint8)
+        labels[4:12, 4:12], labels[20:28, 20:28] = 1, 2
+        save_label_png(tmp_path / "labels" / f"{t}.png", labels)
+    (tmp_path / "labels" / "segments.json").write_text(json.dumps(names))
+    keys = []
+    real = video_io.overlay
+    monkeypatch.setattr(video_io, "overlay", lambda *a, **k: keys.append(k.get("names")) or real(*a, **k))
+    assert cli.main(["vote", "--video", str(tmp_path / "video"), "--labels", str(tmp_path / "labels"),
+                     "--out", str(tmp_path / "out"), "--tracker", "static", "--overlay", "gif"]) == 0
+    assert keys and all(key == ["background", "wheel", "window"] for key in keys), keys
 
 
 # ----------------------------------------------------------------------------- help

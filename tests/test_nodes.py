@@ -495,6 +495,32 @@ def test_model_loader_offloads_to_comfyui_devices(nodes, fake_comfy):
     assert loader.IS_CHANGED("tiny (embedded)") == loader.IS_CHANGED("tiny (embedded)")
 
 
+def test_model_loader_accepts_the_tiny_choice_under_its_earlier_names(nodes, fake_comfy):
+    from smite_pack_under_test.nodes.model import OLD_TINY, TINY, resolve_model
+
+    loader = type(nodes["SMITE_ModelLoader"])
+    assert set(OLD_TINY) == {"tiny (embedded)", "tiny"}  # saved workflows hold these; the list shows TINY only
+    for name in (TINY, *OLD_TINY):
+        assert loader.VALIDATE_INPUTS(name) is True, name
+        assert resolve_model(name) == "tiny", name
+    refused = loader.VALIDATE_INPUTS("tiny (something else)")
+    assert isinstance(refused, str) and "not in the list" in refused
+    with pytest.raises(InputError, match="not the embedded model"):
+        resolve_model("tiny (something else)")
+    with pytest.raises(InputError, match="no backbone chosen"):
+        resolve_model("")
+
+
+def test_loading_the_tiny_backbone_warns_once_that_it_is_a_demo(nodes, caplog):
+    from smite_pack_under_test.nodes.model import DEMO_NOTE, OLD_TINY
+
+    with caplog.at_level("WARNING"), torch.inference_mode():
+        nodes["SMITE_ModelLoader"].load(OLD_TINY[0], "fp32", False, "cpu")
+    notes = [r for r in caplog.records if r.getMessage() == DEMO_NOTE]
+    assert len(notes) == 1 and notes[0].levelname == "WARNING" and "\n" not in DEMO_NOTE  # one line
+    assert "synthetic examples" in DEMO_NOTE and "SMITE Model From Checkpoint" in DEMO_NOTE
+
+
 def test_example_flicker_is_actually_flickery():
     from smite_pack_under_test.nodes.examples import flicker
 
@@ -552,6 +578,36 @@ def test_segmentation_progress_moves_every_unet_pass_and_cancel_stops_within_one
     with pytest.raises(_Interrupted), torch.inference_mode():
         segment.segment(model, embedding, latent, **args)
     assert counted_passes["passes"] == 2  # stopped right after that pass: no further UNet pass started
+
+
+def test_invert_video_cancel_stops_before_the_next_frames_encode(nodes, model, example, fake_comfy, monkeypatch):
+    invert_module = sys.modules[type(nodes["SMITE_InvertVideo"]).__module__]
+    real = invert_module.encode_frames
+    encoded = []
+
+    def counting(backbone, frames, size, *args, **kwargs):
+        encoded.append(frames.shape[0])
+        if cancel_at == len(encoded):
+            fake_comfy["interrupt_after"] = fake_comfy["interrupt_checks"]  # Cancel pressed during this encode
+        return real(backbone, frames, size, *args, **kwargs)
+
+    monkeypatch.setattr(invert_module, "encode_frames", counting)
+    video = example[3]
+    total = video.shape[0]
+    cancel_at = 1  # during the first frame (a CPU encodes one frame per batch)
+    with pytest.raises(_Interrupted), torch.inference_mode():
+        nodes["SMITE_InvertVideo"].invert(model, video, size=SIZE)
+    assert encoded == [1] and total > 1  # no further frame was encoded
+    encoded.clear()
+    cancel_at = None
+    fake_comfy["interrupt_after"] = fake_comfy["interrupt_checks"]  # Cancel already pressed when the node starts
+    with pytest.raises(_Interrupted), torch.inference_mode():
+        nodes["SMITE_InvertVideo"].invert(model, video, size=SIZE)
+    assert encoded == []  # checked before the first encode, not only after it
+    fake_comfy["interrupt_after"] = None
+    with torch.inference_mode():
+        nodes["SMITE_InvertVideo"].invert(model, video, size=SIZE)
+    assert encoded == [1] * total  # not cancelled: every frame, one at a time
 
 
 def test_trackvote_progress_per_tracker_call_and_cancel_before_it(nodes, fake_comfy):

@@ -157,7 +157,7 @@ def run_bench(frames: int = BENCH_FRAMES, frame_size: int | None = None, model: 
     if side < 32:
         raise InputError(f"--frame-size: frames must be at least 32 pixels (got {side})")
     config = SegmentConfig(inflate=inflate, seed=seed, size=size)
-    config.validate()
+    config.validate(backbone)  # before the video is written and the bar starts
     timer = StageTimer(dev)
     with tempfile.TemporaryDirectory(prefix="smite-bench-") as tmp:
         t0 = time.perf_counter()

@@ -581,7 +581,7 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
 
 
 def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
-    """Run the whole pre-training; returns the trained :class:`~smite_core.backbone.Components`."""
+    """Run the whole pre-training; returns the trained :class:`~smite_core.components.Components`."""
     from smite_core.memory_budget import flushed_denormals
 
     with flushed_denormals(torch.device("cpu")):  # pre-training runs on the CPU

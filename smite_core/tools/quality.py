@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from smite_core.batch import exit_with_parent
 from smite_core.errors import InputError
 
 SUITE_SEED = 7000  # references use SUITE_SEED + 100 * i, videos SUITE_SEED + 100 * i + 50 (< pretrain.SEED_BASE)
@@ -175,21 +176,9 @@ _WORKER_BACKBONE = None
 
 def _init_worker(backbone, threads: int) -> None:
     global _WORKER_BACKBONE
-    _exit_with_parent()
+    exit_with_parent()  # a kill of smite bench ends this worker too: no orphan computes its case to the end
     torch.set_num_threads(threads)
     _WORKER_BACKBONE = backbone
-
-
-def _exit_with_parent() -> None:
-    """End this worker process when its parent dies (``kill`` of ``smite bench``, not only Ctrl-C, which
-    reaches the whole process group): otherwise an orphaned worker computes its case to the end."""
-    import multiprocessing
-    import os
-    import threading
-
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=lambda: (parent.join(), os._exit(1)), name="exit-with-parent", daemon=True).start()
 
 
 def _run_in_worker(case: tuple, task: dict) -> dict:
