@@ -18,12 +18,18 @@ import numpy as np
 import torch
 
 from smite_core import procedural
-from smite_core.backbone import load_backbone
-from smite_core.learn import LearnConfig, learn_embedding
-from smite_core.references import reference_set_from_label_maps
+from smite_core.io.references import reference_set_from_label_maps
+from smite_core.method.learn import LearnConfig, learn_embedding
+from smite_core.model.backbone import load_backbone
 
-from .examples import (EXAMPLE_CATEGORY, EXAMPLE_EMBEDDING, EXAMPLE_LEARN_SIZE, EXAMPLE_SIZE, EXAMPLE_STEPS,
-                       EXAMPLE_VARIANT)
+from .examples import (
+    EXAMPLE_CATEGORY,
+    EXAMPLE_EMBEDDING,
+    EXAMPLE_LEARN_SIZE,
+    EXAMPLE_SIZE,
+    EXAMPLE_STEPS,
+    EXAMPLE_VARIANT,
+)
 from .host import EXAMPLE_DIR
 
 __all__ = ["EXAMPLE_EMBEDDING", "build_example_embedding"]

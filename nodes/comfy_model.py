@@ -2,7 +2,7 @@
 
 Load Checkpoint (and LoraLoader or any other weight patch after it) gives a MODEL, a CLIP and a VAE.
 This node turns them into a ``SMITE_MODEL`` whose UNet and VAE parameters are aliases of ComfyUI's
-tensors (``smite_core.shared_weights``): every time a SMITE node uses it, the MODEL and VAE are loaded
+tensors (``smite_core.model.shared_weights``): every time a SMITE node uses it, the MODEL and VAE are loaded
 by ComfyUI's model management (patches applied), SMITE's modules are bound to those tensors, and
 afterwards unbound and (unless ``keep_loaded``) offloaded again. The CLIP encodes the empty prompt
 once. Only Stable Diffusion 1.x and 2.x are accepted.
@@ -18,10 +18,10 @@ from typing import Iterator
 
 import torch
 
-from smite_core.backbone import Backbone, backbone_fingerprint
-from smite_core.components import Components
 from smite_core.errors import BackboneError
-from smite_core.shared_weights import bind, empty_prompt_ids, family_of, refused, shared_components, unbind
+from smite_core.model.backbone import Backbone, backbone_fingerprint
+from smite_core.model.components import Components
+from smite_core.model.shared_weights import bind, empty_prompt_ids, family_of, refused, shared_components, unbind
 
 from . import host
 from .wires import MODEL

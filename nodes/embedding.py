@@ -9,10 +9,10 @@ import time
 
 import torch
 
-from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
-from smite_core.learn import LearnConfig, learn_embedding
-from smite_core.references import ReferenceSet
+from smite_core.io.references import ReferenceSet
+from smite_core.method.embedding import SegmentEmbedding
+from smite_core.method.learn import LearnConfig, learn_embedding
 from smite_core.settings import MAX_SIDE, range_of
 
 from . import host

@@ -2,7 +2,7 @@
 
 Both act inside InflatedUNetSegment's denoising loop (the method's guidance, not post-processing).
 TrackVote also works on its own: with frames and a MASK video connected it de-flickers the masks by
-voting along point tracks (``smite_core.voting.vote_video``).
+voting along point tracks (``smite_core.temporal.voting.vote_video``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 
 from smite_core.checks import require_finite
 from smite_core.errors import InputError
-from smite_core.segment import SegmentConfig
+from smite_core.method.segment import SegmentConfig
 from smite_core.settings import widget
-from smite_core.tracking import DEFAULT_TRACKER, TRACKERS, Tracker, make_tracker
+from smite_core.temporal.tracking import DEFAULT_TRACKER, TRACKERS, Tracker, make_tracker
 
 from . import host
 from .segment import frames_of
@@ -42,7 +42,7 @@ class _Interruptible(Tracker):
 
 def cotracker_checkpoint() -> str | None:
     """The first registered ``models/cotracker`` folder holding a CoTracker3 checkpoint (or None)."""
-    from smite_core.tracking import COTRACKER_FILES
+    from smite_core.temporal.tracking import COTRACKER_FILES
 
     for folder in host.folder_paths_of(host.COTRACKER_FOLDER):
         for name in COTRACKER_FILES:
@@ -125,9 +125,9 @@ class TrackVote:
     @staticmethod
     def deflicker(frames, masks, guide: TrackVoteSettings) -> torch.Tensor:
         try:
-            from smite_core.voting import vote_video
+            from smite_core.temporal.voting import vote_video
         except ImportError as exc:
-            raise InputError("TrackVote: this smite_core has no temporal voting (smite_core.voting.vote_video); "
+            raise InputError("TrackVote: this smite_core has no temporal voting (smite_core.temporal.voting.vote_video); "
                              "update the pack") from exc
         frames = frames_of(frames, "frames")
         masks = _masks_of(masks)

@@ -215,7 +215,7 @@ def compute_device(choice: str = "auto") -> torch.device:
     mm = comfy("comfy.model_management")
     if mm is not None:
         return torch.device(mm.get_torch_device())
-    from smite_core.backbone import resolve_device
+    from smite_core.model.backbone import resolve_device
 
     return resolve_device("auto")
 
@@ -234,7 +234,7 @@ def auto_dtype(device: torch.device, num_params: int = 0) -> torch.dtype:
         return torch.float32
     mm = comfy("comfy.model_management")
     if mm is None:
-        from smite_core.backbone import resolve_dtype
+        from smite_core.model.backbone import resolve_dtype
 
         return resolve_dtype("auto", device)
     if mm.should_use_bf16(device, model_params=num_params):

@@ -1,7 +1,7 @@
 """Label maps as ComfyUI IMAGEs: segment ids <-> colours.
 
 SMITE writes label maps as IMAGEs in its palette colours (the DAVIS/VOC palette of
-``smite_core.label_png.palette``: id 1 dark red, 2 green, 3 olive, ...). Reading an IMAGE back
+``smite_core.io.label_png.palette``: id 1 dark red, 2 green, 3 olive, ...). Reading an IMAGE back
 accepts the same palette, greyscale ids (pixel value = id; a black/white mask is id 1) or any other
 colour coding (each distinct non-black colour is a segment, numbered in sorted RGB order).
 """
@@ -12,8 +12,8 @@ import torch
 
 from smite_core.checks import require_finite
 from smite_core.errors import InputError
-from smite_core.label_png import palette
-from smite_core.references import MAX_SEGMENTS
+from smite_core.io.label_png import palette
+from smite_core.io.references import MAX_SEGMENTS
 
 
 def _palette_tensor() -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from smite_core.errors import InputError
-from smite_core.video_io import overlay
+from smite_core.io.video_io import overlay
 
 from .labelmaps import ids_to_image
 from .wires import SEGMENTS

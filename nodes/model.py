@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from smite_core.backbone import load_backbone, resolve_dtype
 from smite_core.errors import BackboneError, InputError
+from smite_core.model.backbone import load_backbone, resolve_dtype
 
 from . import host
 from .wires import MODEL, SmiteModel

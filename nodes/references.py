@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from smite_core.errors import InputError
-from smite_core.references import (ReferenceSet, load_reference_folder, reference_set_from_label_maps,
-                                   reference_set_from_segment_masks)
-from smite_core.video_io import overlay
+from smite_core.io.references import (
+    ReferenceSet,
+    load_reference_folder,
+    reference_set_from_label_maps,
+    reference_set_from_segment_masks,
+)
+from smite_core.io.video_io import overlay
 
 from .labelmaps import image_to_ids
 from .wires import REFERENCES
@@ -100,7 +104,7 @@ class LoadReferences:
             for note in references.notes:
                 log.info("SMITE: %s", note)
             if names:
-                from smite_core.references import complete_names
+                from smite_core.io.references import complete_names
 
                 references = ReferenceSet(references.images, references.labels,
                                           complete_names(names, references.num_segments), references.files,

@@ -10,15 +10,15 @@ import time
 import torch
 
 from smite_core.checks import require_finite
-from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
-from smite_core.inversion import DEFAULT_TIMESTEPS, MAX_TIMESTEP, check_timesteps, encode_frames, working_size
-from smite_core.profiling import Profiler
-from smite_core.segment import SegmentConfig, segment_stream, window_spans
+from smite_core.io.video_io import FrameSource
+from smite_core.method.embedding import SegmentEmbedding
+from smite_core.method.inversion import DEFAULT_TIMESTEPS, MAX_TIMESTEP, check_timesteps, encode_frames, working_size
+from smite_core.method.profiling import Profiler
+from smite_core.method.segment import SegmentConfig, segment_stream, window_spans
+from smite_core.method.was import labels_from_was
 from smite_core.settings import MAX_SIDE, check_side, check_value, widget
-from smite_core.tracking import NO_TRACKING
-from smite_core.video_io import FrameSource
-from smite_core.was import labels_from_was
+from smite_core.temporal.tracking import NO_TRACKING
 
 from . import host
 from .wires import EMBEDDING, LATENT, LOW_PASS, MODEL, SEGMENTS, TRACK_VOTE, Segments, VideoLatent, plain

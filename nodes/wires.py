@@ -15,9 +15,9 @@ from typing import Iterator
 
 import torch
 
-from smite_core.backbone import Backbone
 from smite_core.errors import InputError
-from smite_core.segment import SegmentConfig
+from smite_core.method.segment import SegmentConfig
+from smite_core.model.backbone import Backbone
 
 from . import host
 
@@ -163,8 +163,8 @@ class Segments:
     def probabilities(self, index: int | None, start: int, stop: int) -> torch.Tensor:
         """Soft mask float32 ``[n,H,W]`` of frames ``start..stop-1``: the softmax probability of segment
         ``index`` (``None``: of any non-background segment), upsampled to the frame size along the
-        frame's edges, as the labels are (``smite_core.edges``)."""
-        from smite_core.was import upsample_was
+        frame's edges, as the labels are (``smite_core.method.edges``)."""
+        from smite_core.method.was import upsample_was
 
         size = tuple(self.labels.shape[1:])
         out = []

@@ -14,7 +14,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from smite_core.backbone import load_backbone
+    from smite_core.model.backbone import load_backbone
 
     return load_backbone("tiny", device="cpu", dtype="fp32")
 

@@ -144,7 +144,7 @@ class SaveVideo(_Core):
     OUTPUT_NODE = True
 
     def execute(self, video, filename_prefix, format, codec, prompt=None, extra_pnginfo=None):
-        from smite_core.video_io import open_video_writer
+        from smite_core.io.video_io import open_video_writer
 
         path = self._next(self._out(), filename_prefix, ".mp4")
         with open_video_writer(path, fps=video["fps"]) as writer:
@@ -218,7 +218,7 @@ def comfy_objects(path: Path) -> tuple:
     """(MODEL, CLIP, VAE) stand-ins for an SD 1.x/2.x single file, its tensors made in inference mode."""
     from safetensors.torch import load_file
 
-    from smite_core.checkpoints import VAE_PREFIX, UNET_PREFIX, load_single_file
+    from smite_core.model.checkpoints import UNET_PREFIX, VAE_PREFIX, load_single_file
 
     state = load_file(str(path))
     with torch.inference_mode():

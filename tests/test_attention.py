@@ -7,11 +7,11 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from smite_core.attention import AttentionRecord, inflated_unet, layer_hw, select_capture_layers
+from smite_core.model.attention import AttentionRecord, inflated_unet, layer_hw, select_capture_layers
 
 
 def _sd_unet_layers(family):
-    cfg = json.loads((resources.files("smite_core.configs") / family / "unet.json").read_text())
+    cfg = json.loads((resources.files("smite_core.model.configs") / family / "unet.json").read_text())
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(cfg)
     return select_capture_layers(unet)
@@ -31,7 +31,7 @@ def test_sd_layers_match_the_reference(family):
 
 
 def test_tiny_layers_by_resolution(tiny_backbone):
-    from smite_core.attention import up_block_resolutions
+    from smite_core.model.attention import up_block_resolutions
 
     unet = tiny_backbone.unet
     factors = up_block_resolutions(unet)
@@ -79,7 +79,7 @@ def test_inflation_couples_frames_and_baseline_does_not(tiny_backbone):
 
 def test_inflated_attention_matches_explicit_concatenation(tiny_backbone):
     """Self-attention over all frames equals attention with every frame's keys concatenated."""
-    from smite_core.attention import _full_frame_attention
+    from smite_core.model.attention import _full_frame_attention
 
     torch.manual_seed(2)
     q, k, v = (torch.randn(3, 2, 16, 8) for _ in range(3))

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from smite_core.augment import AugmentConfig, _pick_crop, augment_pair
 from smite_core.errors import InputError
+from smite_core.method.augment import AugmentConfig, _pick_crop, augment_pair
 
 
 def _scene(h=64, w=80):

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from smite_core import batch
-from smite_core.cli import main
-from smite_core.embedding import SegmentEmbedding
+from smite_core.commands.cli import main
 from smite_core.errors import InputError
-from smite_core.label_png import read_label_png
+from smite_core.io.label_png import read_label_png
+from smite_core.io.video_io import open_video_writer
+from smite_core.method.embedding import SegmentEmbedding
+from smite_core.method.segment import SegmentConfig
 from smite_core.procedural import make_video
-from smite_core.segment import SegmentConfig
-from smite_core.video_io import open_video_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--size", "32", "--guide-steps", "0", "--device", "cpu"]  # tracking and voting on, no latent update
@@ -68,7 +68,7 @@ def inputs(tmp_path_factory, tiny_backbone):
 @pytest.fixture
 def fast_backbone(monkeypatch, tiny_backbone):
     """The session's tiny backbone instead of a fresh load in this process (other processes load their own)."""
-    import smite_core.backbone as backbone_module
+    import smite_core.model.backbone as backbone_module
 
     real = backbone_module.load_backbone
     monkeypatch.setattr(backbone_module, "load_backbone",
@@ -78,7 +78,7 @@ def fast_backbone(monkeypatch, tiny_backbone):
 @pytest.fixture(scope="module")
 def expected(inputs, tmp_path_factory, tiny_backbone):
     """Label maps of ``smite segment`` (same settings) for every good video: {name: [H,W] arrays}."""
-    import smite_core.backbone as backbone_module
+    import smite_core.model.backbone as backbone_module
 
     real, out = backbone_module.load_backbone, tmp_path_factory.mktemp("batch-expected")
     backbone_module.load_backbone = lambda *a, **k: tiny_backbone
@@ -183,7 +183,7 @@ def test_a_device_this_machine_lacks_is_one_line_and_nothing_written(inputs, tmp
 def test_a_second_run_is_refused_before_it_loads_anything(inputs, tmp_path, monkeypatch):
     """The lock is taken before the record is read and the backbone loaded: a second run into a folder being
     written stops at once and writes nothing."""
-    import smite_core.backbone as backbone_module
+    import smite_core.model.backbone as backbone_module
 
     def no_load(*args, **kwargs):
         raise AssertionError("the backbone was loaded")
@@ -191,7 +191,7 @@ def test_a_second_run_is_refused_before_it_loads_anything(inputs, tmp_path, monk
     monkeypatch.setattr(backbone_module, "load_backbone", no_load)
     out = tmp_path / "out"
     out.mkdir()
-    with batch._Lock(out):  # a run in progress
+    with batch.FolderLock(out):  # a run in progress
         with pytest.raises(InputError, match="another smite batch is writing there"):
             batch.segment_many([str(inputs["videos"][0])], inputs["embedding"], out, FAST_CONFIG, device="cpu")
         assert [p.name for p in out.iterdir()] == [batch.LOCK_FILE]
@@ -326,7 +326,7 @@ def test_a_video_cancelled_in_one_pool_worker_ends_the_run_as_interrupted(inputs
 
 
 def _cli(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "smite_core.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "smite_core.commands.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -504,7 +504,7 @@ def test_ray_retries_the_video_of_a_killed_worker(inputs, long_videos, ray_clust
         assert len(_labels(out / name)) == entry["frames"] == LONG_FRAMES
     _no_leftovers(out)
 
-    import smite_core.backbone as backbone_module
+    import smite_core.model.backbone as backbone_module
 
     reference, real, threads = tmp_path / "reference", backbone_module.load_backbone, torch.get_num_threads()
     backbone_module.load_backbone = lambda *a, **k: tiny_backbone

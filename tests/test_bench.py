@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from smite_core.profiling import STAGES
+from smite_core.method.profiling import STAGES
+from smite_core.temporal.tracking import Tracks
+from smite_core.temporal.voting import vote_tracks
 from smite_core.tools import bench
 from smite_core.tools.bench import StageTimer, clip_index, reference_vote_loop, voting_problem
-from smite_core.tracking import Tracks
-from smite_core.voting import vote_tracks
 
 
 def test_reference_loop_gives_the_vectorised_vote():
@@ -61,11 +61,11 @@ def test_stage_timer_keeps_each_stage_own_time(monkeypatch):
 
 def test_segmentation_reports_every_stage_to_its_profiler(tiny_backbone):
     """The pipeline's own profiler hook (no monkeypatching): each stage is reported where it runs."""
-    from smite_core.embedding import SegmentEmbedding
-    from smite_core.export import export_segmentation
-    from smite_core.profiling import Profiler
-    from smite_core.segment import SegmentConfig, segment_stream
-    from smite_core.video_io import FrameSource
+    from smite_core.io.video_io import FrameSource
+    from smite_core.method.embedding import SegmentEmbedding
+    from smite_core.method.export import export_segmentation
+    from smite_core.method.profiling import Profiler
+    from smite_core.method.segment import SegmentConfig, segment_stream
 
     class Recorder(Profiler):
         def __init__(self):
@@ -98,7 +98,7 @@ def test_clip_plays_forth_and_back():
 
 
 def test_bench_cli_prints_every_stage_as_the_last_json_line(capsys):
-    from smite_core.cli import main
+    from smite_core.commands.cli import main
 
     code = main(["bench", "--frames", "20", "--frame-size", "64", "--size", "64", "--overlay", "none",
                  "--vote-ref-queries", "64", "--device", "cpu", "--json"])
@@ -118,7 +118,7 @@ def test_bench_cli_prints_every_stage_as_the_last_json_line(capsys):
 
 
 def test_bench_cli_errors_are_one_line(capsys):
-    from smite_core.cli import main
+    from smite_core.commands.cli import main
 
     assert main(["bench", "--frames", "0", "--device", "cpu", "--no-vote"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,7 +142,7 @@ def test_sd21_unet_flops_match_the_known_size():
 
 def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
     """`smite bench --quality --no-edge-aware` reaches the suite (bilinear masks), the default does not."""
-    from smite_core import cli
+    from smite_core.commands import cli
     from smite_core.tools import quality
 
     seen = []
@@ -160,7 +160,7 @@ def test_bench_quality_passes_edge_aware_choice(monkeypatch, capsys):
 
 def test_bench_quality_json_writes_only_json_on_stdout(monkeypatch, capsys):
     """`smite bench --quality --json | jq` works: the table goes to stderr, stdout is one JSON document."""
-    from smite_core import cli
+    from smite_core.commands import cli
     from smite_core.tools import quality
 
     result = quality.QualityResult()
@@ -200,8 +200,8 @@ def test_quality_suite_in_worker_processes_matches_one_process(tiny_backbone, mo
 
 def test_quality_suite_in_worker_processes_reports_a_failed_case(tiny_backbone):
     """An error in a worker reaches the caller as itself (here: learning refuses 0 steps)."""
-    from smite_core.tools import quality
     from smite_core.errors import InputError
+    from smite_core.tools import quality
 
     with pytest.raises(InputError, match="steps"):
         quality.run_quality(tiny_backbone, shots=(1,), categories=["car", "bird", "fish"], frames=2,
@@ -250,9 +250,9 @@ def test_quality_worker_ends_when_the_bench_process_is_killed():
 
 
 def test_quality_workers_are_checked(tiny_backbone, capsys):
-    from smite_core import cli
-    from smite_core.tools import quality
+    from smite_core.commands import cli
     from smite_core.errors import InputError
+    from smite_core.tools import quality
 
     with pytest.raises(InputError, match="--workers"):
         quality.run_quality(tiny_backbone, shots=(1,), categories=["car"], workers=0)

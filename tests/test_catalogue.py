@@ -184,15 +184,20 @@ from conftest import blob_reference  # noqa: E402
 from graph_runner import load_pack  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from smite_core import cli  # noqa: E402
-from smite_core.embedding import SegmentEmbedding  # noqa: E402
+from smite_core.commands import cli  # noqa: E402
 from smite_core.errors import BackboneError, EmbeddingError, InputError, SmiteError  # noqa: E402
-from smite_core.label_png import save_label_png  # noqa: E402
-from smite_core.learn import LearnConfig, learn_embedding  # noqa: E402
-from smite_core.references import (ReferenceSet, load_image, load_reference_folder,  # noqa: E402
-                                   reference_set_from_label_maps, reference_set_from_segment_masks)
-from smite_core.segment import SegmentConfig, segment_frames, segment_stream, window_spans  # noqa: E402
-from smite_core.video_io import FrameSource, open_frames, open_video_writer  # noqa: E402
+from smite_core.io.label_png import save_label_png  # noqa: E402
+from smite_core.io.references import (  # noqa: E402
+    ReferenceSet,
+    load_image,
+    load_reference_folder,
+    reference_set_from_label_maps,
+    reference_set_from_segment_masks,
+)
+from smite_core.io.video_io import FrameSource, open_frames, open_video_writer  # noqa: E402
+from smite_core.method.embedding import SegmentEmbedding  # noqa: E402
+from smite_core.method.learn import LearnConfig, learn_embedding  # noqa: E402
+from smite_core.method.segment import SegmentConfig, segment_frames, segment_stream, window_spans  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 SIZE = 16  # working side of every real model call here (the smallest the tiny backbone takes)
@@ -258,7 +263,7 @@ def embedding_file(embedding, tmp_path_factory):
 @pytest.fixture
 def fast_cli(monkeypatch, tiny_backbone):
     """The CLI with the session's tiny backbone instead of a fresh load per command (other models load as usual)."""
-    import smite_core.backbone as backbone_module
+    import smite_core.model.backbone as backbone_module
 
     real = backbone_module.load_backbone
 
@@ -538,7 +543,7 @@ def _stub_model(monkeypatch, log, fail=None):
 
     ``fail(span_length, config)``: when true the window raises an out-of-memory error instead.
     """
-    import smite_core.segment as segment
+    import smite_core.method.segment as segment
 
     def encode(backbone, frames, size, batch=8):
         return torch.zeros(frames.shape[0], 4, 2, 2)
@@ -586,7 +591,7 @@ def test_long_video_file_is_decoded_forward_with_a_bounded_buffer(tmp_path):
 
 def test_tiny_and_large_frames(tiny_backbone, embedding):
     config = SegmentConfig(window=4, overlap=1, size=SIZE, **PLAIN)
-    from smite_core.was import labels_from_was
+    from smite_core.method.was import labels_from_was
 
     for shape in ((2, 1, 1, 3), (1, 2, 3, 3), (1, 1000, 1400, 3)):
         frames = torch.rand(shape)
@@ -602,7 +607,7 @@ def test_decompression_bomb_images_are_refused(tmp_path):
         load_image(bomb)
     with pytest.raises(InputError, match="bomb.png"):
         open_frames(tmp_path / "frames")
-    from smite_core.label_png import read_label_png
+    from smite_core.io.label_png import read_label_png
 
     with pytest.raises(InputError, match="bomb.png"):
         read_label_png(bomb)
@@ -617,7 +622,7 @@ def test_cli_odd_sized_mixed_mode_frames(tmp_path, capsys, fast_cli, embedding_f
     out = tmp_path / "seg"
     assert cli.main(["segment", "--video", str(video), "--embedding", str(embedding_file), "--out", str(out),
                      "--window", "3", "--overlap", "0", *PLAIN_ARGS]) == 0
-    from smite_core.label_png import read_label_png
+    from smite_core.io.label_png import read_label_png
 
     labels = sorted((out / "labels").glob("*.png"))
     assert len(labels) == 3 and all(read_label_png(p).shape == (23, 37) for p in labels)
@@ -711,7 +716,7 @@ def test_nodes_refuse_nan_and_inf(nodes, model):
 
 
 def test_diverging_learning_is_a_clean_error(tiny_backbone, monkeypatch):
-    import smite_core.learn as learn
+    import smite_core.method.learn as learn
 
     image, labels = blob_reference(32)
     refs = reference_set_from_label_maps(image[None], labels[None])
@@ -748,8 +753,8 @@ class _Payload:
 
 
 def test_pickled_checkpoint_payload_never_runs(tmp_path):
-    from smite_core.checkpoints import load_checkpoint
-    from smite_core.tracking import TrackerError, read_state_dict
+    from smite_core.model.checkpoints import load_checkpoint
+    from smite_core.temporal.tracking import TrackerError, read_state_dict
 
     _Payload.MARKER = str(tmp_path / "code_ran")
     for name in ("evil.ckpt", "evil.pth"):
@@ -984,7 +989,7 @@ def test_out_of_memory_retries_with_smaller_slices(tiny_backbone, embedding, mon
     with pytest.raises(SmiteError, match="out of memory on frame 0 even with 1-frame windows"):
         list(segment_stream(tiny_backbone, embedding, _LongSource(4), SegmentConfig(window=4, overlap=1, **PLAIN),
                             say=said.append))
-    import smite_core.segment as segment
+    import smite_core.method.segment as segment
 
     def other_error(*args, **kwargs):
         raise RuntimeError("shape mismatch")
@@ -999,7 +1004,7 @@ def test_out_of_memory_retries_with_smaller_slices(tiny_backbone, embedding, mon
 
 def _oom_once_above(monkeypatch, frames_limit):
     """Make the real window runner run out of memory (once) on windows longer than ``frames_limit``."""
-    import smite_core.segment as segment
+    import smite_core.method.segment as segment
 
     real = segment.WindowRunner.run
     calls = {"failed": 0}

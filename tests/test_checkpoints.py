@@ -1,4 +1,4 @@
-"""Tests for smite_core.checkpoints: single-file and diffusers-folder loading, detection, errors.
+"""Tests for smite_core.model.checkpoints: single-file and diffusers-folder loading, detection, errors.
 
 Fast tests use small UNet/VAE/text encoders in the SD layout (real context widths 768/1024, few
 channels), written through ``tests/ldm_layout.py``; the full SD 1.5 / 2.1-base architectures with
@@ -16,17 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from ldm_layout import UNET_PREFIX, to_ldm_checkpoint
 from safetensors.torch import save_file
 
-from ldm_layout import UNET_PREFIX, to_ldm_checkpoint
-from smite_core.components import read_family_config
-from smite_core.checkpoints import (
+from smite_core.errors import BackboneError, InputError
+from smite_core.model.checkpoints import (
     load_checkpoint,
     load_diffusers_folder,
     load_single_file,
     random_components,
 )
-from smite_core.errors import BackboneError, InputError
+from smite_core.model.components import read_family_config
 
 TEXT = {
     "sd1": dict(hidden_size=768, num_attention_heads=12, num_hidden_layers=2, hidden_act="quick_gelu"),

@@ -10,8 +10,8 @@ import torch
 from conftest import blob_reference
 from PIL import Image
 
-from smite_core.cli import main
-from smite_core.label_png import read_label_png, save_label_png
+from smite_core.commands.cli import main
+from smite_core.io.label_png import read_label_png, save_label_png
 
 
 def _png(path, image):
@@ -55,7 +55,7 @@ def test_learn_segment_eval(workspace, capsys):
     assert "mIoU" in capsys.readouterr().out
 
     # without --steps: --epochs passes over the references (one reference here)
-    from smite_core.embedding import SegmentEmbedding
+    from smite_core.method.embedding import SegmentEmbedding
 
     by_epochs = workspace / "epochs.safetensors"
     assert main(["learn", "--refs", str(workspace / "refs"), "--out", str(by_epochs), "--epochs", "2", "--size", "64",
@@ -134,7 +134,7 @@ def test_bad_inputs_name_the_culprit_and_write_nothing(workspace, tmp_path, caps
     assert main(["segment", "--video", str(workspace / "video"), "--embedding", str(truncated), "--out", str(seg_out)]) == 2
     assert "truncated.safetensors" in _error_line(capsys)
 
-    from smite_core.embedding import SegmentEmbedding
+    from smite_core.method.embedding import SegmentEmbedding
 
     other = SegmentEmbedding.load(emb)
     other.backbone_fingerprint = "0" * 16
@@ -146,7 +146,7 @@ def test_bad_inputs_name_the_culprit_and_write_nothing(workspace, tmp_path, caps
 
 
 def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "smite_core.cli", "segment", "--video", str(tmp_path / "none.mp4"),
+    proc = subprocess.run([sys.executable, "-m", "smite_core.commands.cli", "segment", "--video", str(tmp_path / "none.mp4"),
                            "--embedding", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

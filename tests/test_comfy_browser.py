@@ -21,6 +21,7 @@ each is kept in ``SMITE_SCREENSHOTS`` (a folder) when set. ``SMITE_BROWSER_LOG``
 ComfyUI log.
 """
 
+import base64
 import itertools
 import json
 import os
@@ -31,8 +32,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-import base64
 
 import pytest
 from graph_runner import API_WORKFLOWS, UI_ONLY, WORKFLOWS

@@ -75,12 +75,11 @@ def write_random_sd15(path: Path, seed: int = 0) -> Path:
     """The full SD 1.5 architecture (UNet, VAE, CLIP ViT-L text tower) with random fp16 weights, in the original
     single-file layout ComfyUI's Load Checkpoint detects as SD 1.5 (about 2.1 GB; written once per run)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
     from ldm_layout import to_ldm_checkpoint
     from safetensors.torch import save_file
 
-    from smite_core.checkpoints import random_components
-
-    import torch
+    from smite_core.model.checkpoints import random_components
 
     if not path.exists():
         components = random_components("sd1", seed=seed, dtype=torch.float16)
@@ -432,7 +431,7 @@ def test_load_checkpoint_path_matches_the_smite_loader_without_a_second_copy(sd1
     import numpy as np
     from PIL import Image
 
-    from smite_core.embedding import SegmentEmbedding
+    from smite_core.method.embedding import SegmentEmbedding
 
     shared_peak, shared = _run_paths(tmp_path_factory.mktemp("shared"), sd15_files, [
         ("shared", "comfy", False, CHECKPOINT), ("shared_lora", "comfy", True, CHECKPOINT)])

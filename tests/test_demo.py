@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from test_newcomer import _find_text
 
-from smite_core import cli
-from smite_core.backbone import build_tiny_components
-from smite_core.demo import SUMMARY_TEXT
+from smite_core.commands import cli
+from smite_core.commands.demo import SUMMARY_TEXT
+from smite_core.model.backbone import build_tiny_components
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""Edge-aware upsampling of WAS maps (smite_core.edges): boundaries follow the frame's colour edges."""
+"""Edge-aware upsampling of WAS maps (smite_core.method.edges): boundaries follow the frame's colour edges."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from smite_core.edges import edge_aware_upsample
-from smite_core.was import labels_from_was, upsample_was
+from smite_core.method.edges import edge_aware_upsample
+from smite_core.method.was import labels_from_was, upsample_was
 
 
 def _edge_case(height, width, grid, edge_col):
@@ -66,9 +66,9 @@ def test_shapes_and_errors():
 
 
 def test_export_upsamples_along_the_frames_unless_told_not_to(tmp_path):
-    from smite_core.export import export_segmentation
-    from smite_core.label_png import read_label_png
-    from smite_core.video_io import FrameSource
+    from smite_core.io.label_png import read_label_png
+    from smite_core.io.video_io import FrameSource
+    from smite_core.method.export import export_segmentation
 
     frame, maps = _edge_case(64, 64, (16, 16), 37)
     frames = torch.cat([frame, frame.flip(2)])
@@ -87,7 +87,7 @@ def test_export_upsamples_along_the_frames_unless_told_not_to(tmp_path):
 
 @pytest.mark.parametrize("radius", [1, 4, 12])
 def test_box_mean_matches_pooling(radius):
-    from smite_core.edges import _box
+    from smite_core.method.edges import _box
 
     x = torch.randn(2, 5, 40, 33, generator=torch.Generator().manual_seed(2))
     pooled = F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from smite_core.embedding import SegmentEmbedding, build_context, initial_tokens
 from smite_core.errors import EmbeddingError, OutputExistsError
+from smite_core.method.embedding import SegmentEmbedding, build_context, initial_tokens
 
 
 def _embedding(backbone, k=3):
@@ -95,7 +95,7 @@ def test_garbage_truncated_and_foreign_files(tmp_path):
 
 
 def test_fingerprint_is_stable_across_fp16_conversion(tiny_backbone):
-    from smite_core.backbone import backbone_fingerprint, build_tiny_components
+    from smite_core.model.backbone import backbone_fingerprint, build_tiny_components
 
     comps = build_tiny_components()
     fp32 = backbone_fingerprint(comps)

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import EmbeddingError, InputError
-from smite_core.label_png import read_label_png, save_label_png
-from smite_core.references import MAX_SEGMENTS, load_reference_folder, read_segments_json
+from smite_core.io.label_png import read_label_png, save_label_png
+from smite_core.io.references import MAX_SEGMENTS, load_reference_folder, read_segments_json
+from smite_core.method.embedding import SegmentEmbedding
 
 settings.register_profile("quick", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -6,13 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smite_core.embedding import SegmentEmbedding, build_context
-from smite_core.guidance import (GuidanceEnergy, dct3, dct_basis, energy_reg, energy_track, guide_latents,
-                                 lowpass_mask, step_size)
-from smite_core.inversion import add_noise, encode_frames
-from smite_core.losses import class_weights
-from smite_core.unet_pass import unet_forward
-from smite_core.was import was_inference
+from smite_core.method.embedding import SegmentEmbedding, build_context
+from smite_core.method.guidance import (
+    GuidanceEnergy,
+    dct3,
+    dct_basis,
+    energy_reg,
+    energy_track,
+    guide_latents,
+    lowpass_mask,
+    step_size,
+)
+from smite_core.method.inversion import add_noise, encode_frames
+from smite_core.method.losses import class_weights
+from smite_core.method.was import was_inference
+from smite_core.model.unet_pass import unet_forward
 
 
 @pytest.mark.parametrize("n", [1, 4, 7, 32])

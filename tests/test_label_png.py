@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from smite_core.errors import InputError, OutputExistsError
-from smite_core.label_png import (
+from smite_core.io.label_png import (
     is_color_label_png,
     palette,
     read_color_label_png,

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "smite_core"
 TOOLS = "smite_core.tools"
-TRAINING = {"smite_core.learn", "smite_core.learn_state", "smite_core.augment"}
+TRAINING = {"smite_core.method.learn", "smite_core.method.learn_state", "smite_core.method.augment"}
 MAX_FUNCTION_LINES = 80
 
 
@@ -63,8 +63,8 @@ def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_import_graph_walks_real_imports():
     graph = _graph()
-    assert "smite_core.unet_pass" in graph["smite_core.segment"]  # from .unet_pass import ...
-    assert "smite_core.tools.bench" in graph["smite_core.cli"]  # from .tools import bench (in a function)
+    assert "smite_core.model.unet_pass" in graph["smite_core.method.segment"]  # from .unet_pass import ...
+    assert "smite_core.tools.bench" in graph["smite_core.commands.cli"]  # from .tools import bench (in a function)
     assert len(graph) > 30
 
 
@@ -76,13 +76,44 @@ def test_no_import_cycles():
 
 def test_inference_never_imports_training_code_or_tools():
     graph = _graph()
-    for entry in ("smite_core.segment", "smite_core.export", "smite_core.voting", "smite_core.metrics"):
+    for entry in ("smite_core.method.segment", "smite_core.method.export", "smite_core.temporal.voting", "smite_core.evaluation.metrics"):
         reached = _closure(graph, entry)
         assert not reached & TRAINING, f"{entry} reaches training code {sorted(reached & TRAINING)}"
         assert not {m for m in reached if m.startswith(TOOLS)}, entry
-    runtime = [m for m in graph if not m.startswith(TOOLS) and m != "smite_core.cli"]
+    runtime = [m for m in graph if not m.startswith(TOOLS) and m != "smite_core.commands.cli"]
     for name in runtime:  # the tools sit beside the pipeline; only the CLI front end starts them
         assert not {m for m in graph[name] if m.startswith(TOOLS)}, name
+
+
+# The sub-packages of smite_core from the bottom up (ARCHITECTURE.md): a module imports only modules of its
+# own package or of a lower layer. "" is the package's face and the cross-cutting top-level modules.
+LAYERS = [{""}, {"io", "model"}, {"procedural", "temporal"}, {"method"}, {"evaluation"}, {"batch"}, {"tools"},
+          {"commands"}]
+TOP_LEVEL = {"__init__", "errors", "settings", "checks"}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (CORE / parts[1]).is_dir()) else ""
+
+
+def _layer(module: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if _package(module) in layer)
+
+
+def test_the_tree_shows_the_layers():
+    """Only the package's face and the cross-cutting modules sit at the top; every sub-package has a layer."""
+    top = {p.stem for p in CORE.glob("*.py")}
+    assert top == TOP_LEVEL, sorted(top - TOP_LEVEL)
+    packages = {p.parent.relative_to(CORE).parts[0] for p in CORE.rglob("__init__.py") if p.parent != CORE}
+    assert packages == set().union(*LAYERS) - {""}, packages
+
+
+def test_layers_import_downward_only():
+    graph = _graph()
+    upward = [f"{name} -> {target}" for name, targets in graph.items() for target in targets
+              if _package(target) != _package(name) and _layer(target) >= _layer(name)]
+    assert not upward, upward
 
 
 def test_tools_use_only_public_names():
@@ -140,7 +171,7 @@ def test_importing_the_library_changes_nothing_in_the_host_process():
 
 # ----------------------------------------------------------------------------- documents
 
-DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "smite_core" / "weights" / "README.md",
+DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "smite_core" / "model" / "weights" / "README.md",
         *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULE_PATH = re.compile(r"`((?:smite_core|nodes|tests|tools|workflows|docs|example_inputs)/[\w./-]*)`")

@@ -7,9 +7,9 @@ import torch
 from conftest import blob_reference
 
 from smite_core.errors import InputError
-from smite_core.learn import LearnConfig, learn_embedding
-from smite_core.losses import class_weights
-from smite_core.references import reference_set_from_label_maps
+from smite_core.io.references import reference_set_from_label_maps
+from smite_core.method.learn import LearnConfig, learn_embedding
+from smite_core.method.losses import class_weights
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,13 @@ def test_tokens_only_and_determinism(tiny_backbone, refs):
     assert a.kv == {} and torch.equal(a.tokens, b.tokens)
     c = learn_embedding(tiny_backbone, refs, LearnConfig(steps=2, train_kv=False, size=64, seed=8))
     assert not torch.equal(a.tokens, c.tokens)
-    from smite_core.embedding import initial_tokens
+    from smite_core.method.embedding import initial_tokens
 
     assert not torch.equal(a.tokens, initial_tokens(tiny_backbone, refs.names))  # tokens did move
 
 
 def test_losses_decrease_on_a_single_reference(tiny_backbone, refs):
-    from smite_core.augment import AugmentConfig
+    from smite_core.method.augment import AugmentConfig
 
     seen = []
     config = LearnConfig(steps=30, train_kv=False, size=64, augment=AugmentConfig.none(), timesteps=(50, 50))
@@ -78,7 +78,7 @@ def test_bad_settings(tiny_backbone, refs):
 def test_the_cli_makes_mkl_reproducible_unless_the_user_chose(monkeypatch, tmp_path):
     """MKL_CBWR: without it MKL's results depend on memory alignment on some CPUs (runs differ in the last
     bits). The ``smite`` command owns its process and sets it; the library never does (see test_repo)."""
-    from smite_core import cli
+    from smite_core.commands import cli
 
     missing = str(tmp_path / "missing")
     monkeypatch.delenv("MKL_CBWR", raising=False)

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from smite_core import guidance, memory_budget
-from smite_core.memory_budget import available_ram, fit_count, gradient_checkpointing
+from smite_core.method import guidance
+from smite_core.model import memory_budget
+from smite_core.model.memory_budget import available_ram, fit_count, gradient_checkpointing
 
 
 def test_fit_count_only_lowers_the_configured_value():
@@ -34,7 +35,7 @@ def test_available_ram_reads_meminfo(tmp_path):
 
 
 def test_denormals_are_flushed_only_inside_the_block_on_cpu():
-    from smite_core.memory_budget import flushed_denormals
+    from smite_core.model.memory_budget import flushed_denormals
 
     tiny = torch.tensor([1e-39])  # an fp32 denormal
     cpu = torch.device("cpu")
@@ -58,10 +59,10 @@ def _flushing() -> bool:
 def test_learning_and_segmentation_run_with_denormals_flushed_on_cpu(tiny_backbone, monkeypatch):
     from conftest import blob_reference
 
-    from smite_core import segment as S
-    from smite_core.learn import LearnConfig, learn_embedding
-    from smite_core.memory_budget import flushed_denormals
-    from smite_core.references import reference_set_from_label_maps
+    from smite_core.io.references import reference_set_from_label_maps
+    from smite_core.method import segment as S
+    from smite_core.method.learn import LearnConfig, learn_embedding
+    from smite_core.model.memory_budget import flushed_denormals
 
     with flushed_denormals(torch.device("cpu")):
         if not _flushing():
@@ -88,8 +89,8 @@ def test_cpu_keeps_the_configured_batch_and_slice(tiny_backbone):
 
 
 def test_gradient_checkpointing_recomputes_the_pooled_window_exactly(tiny_backbone, monkeypatch):
-    from smite_core.unet_pass import unet_forward
-    from smite_core.was import was_inference
+    from smite_core.method.was import was_inference
+    from smite_core.model.unet_pass import unet_forward
 
     calls = []
     real = memory_budget._checkpoint
@@ -116,11 +117,11 @@ def test_gradient_checkpointing_recomputes_the_pooled_window_exactly(tiny_backbo
 def test_labels_are_written_window_by_window(tiny_backbone, tmp_path, monkeypatch):
     """Frames are read one window at a time and each frame's labels are on disk before the frames
     two windows later are read: nothing of the whole video's length is held."""
-    from smite_core import export
-    from smite_core.embedding import SegmentEmbedding
-    from smite_core.export import export_segmentation
-    from smite_core.segment import SegmentConfig, segment_stream
-    from smite_core.video_io import FrameSource
+    from smite_core.io.video_io import FrameSource
+    from smite_core.method import export
+    from smite_core.method.embedding import SegmentEmbedding
+    from smite_core.method.export import export_segmentation
+    from smite_core.method.segment import SegmentConfig, segment_stream
 
     events = []
     source = FrameSource.from_tensor(torch.rand(14, 48, 48, 3, generator=torch.Generator().manual_seed(0)))
@@ -145,7 +146,7 @@ def test_labels_are_written_window_by_window(tiny_backbone, tmp_path, monkeypatc
 
 def _bench(*args: str, timeout: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    proc = subprocess.run([sys.executable, "-m", "smite_core.cli", "bench", "--device", "cpu", "--no-vote", "--json",
+    proc = subprocess.run([sys.executable, "-m", "smite_core.commands.cli", "bench", "--device", "cpu", "--no-vote", "--json",
                            *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

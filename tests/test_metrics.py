@@ -1,4 +1,4 @@
-"""Tests for smite_core.metrics: hand-computed cases, a DAVIS cross-check, folder evaluation."""
+"""Tests for smite_core.evaluation.metrics: hand-computed cases, a DAVIS cross-check, folder evaluation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from smite_core.errors import InputError, OutputExistsError
-from smite_core.metrics import (
+from smite_core.evaluation.metrics import (
     boundary_f,
     confusion_matrix,
     evaluate_folders,
@@ -251,7 +251,7 @@ def test_sequence_errors():
 
 @pytest.fixture
 def label_png():
-    return pytest.importorskip("smite_core.label_png")
+    return pytest.importorskip("smite_core.io.label_png")
 
 
 def test_evaluate_folders(tmp_path, label_png):

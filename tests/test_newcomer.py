@@ -15,13 +15,13 @@ import torch
 from conftest import blob_reference
 from PIL import Image
 
-from smite_core import cli
+from smite_core.commands import cli
 from smite_core.errors import InputError
-from smite_core.label_png import palette, save_label_png
-from smite_core.learn import LearnConfig, learn_embedding
-from smite_core.legend import key_font, segment_colors
-from smite_core.references import load_reference_folder, reference_set_from_label_maps
-from smite_core.segment import SegmentConfig, segment_frames
+from smite_core.io.label_png import palette, save_label_png
+from smite_core.io.legend import key_font, segment_colors
+from smite_core.io.references import load_reference_folder, reference_set_from_label_maps
+from smite_core.method.learn import LearnConfig, learn_embedding
+from smite_core.method.segment import SegmentConfig, segment_frames
 from smite_core.settings import range_of
 
 FAST = ["--tracker", "none", "--track-weight", "0", "--lowpass-weight", "0", "--guide-steps", "0",
@@ -236,7 +236,7 @@ def _find_text(image: np.ndarray, text: str, size: int) -> float:
 
 
 def test_summary_picture_has_titles_a_ground_truth_row_and_a_key_from_segments_json(tmp_path):
-    from smite_core.demo import SUMMARY_TEXT, summary_picture
+    from smite_core.commands.demo import SUMMARY_TEXT, summary_picture
 
     segments = tmp_path / "segments.json"  # as segmentation writes it
     segments.write_text(json.dumps({"segments": ["background", "wheel", "window"], "colors": segment_colors(3)}))
@@ -262,7 +262,7 @@ def test_outputs_carry_the_segment_colours_and_the_overlay_a_key(workspace, tmp_
                      "--out", str(out), "--size", "32", *FAST[:-2], "--overlay", "gif"]) == 0
     data = json.loads((out / "segments.json").read_text())
     assert data["colors"] == palette(256)[:len(data["segments"])].tolist()
-    from smite_core.video_io import open_frames, overlay
+    from smite_core.io.video_io import open_frames, overlay
 
     with open_frames(out / "overlay.gif") as video:
         shown = (video.read(0, 1)[0].numpy() * 255).round().astype(np.uint8)
@@ -277,7 +277,7 @@ def test_outputs_carry_the_segment_colours_and_the_overlay_a_key(workspace, tmp_
 def test_vote_overlay_key_names_each_id_as_references_do(tmp_path, monkeypatch, names):
     """smite vote's colour key reads segments.json as the references do: a list without the background
     names ids 1.. (never id 0)."""
-    import smite_core.video_io as video_io
+    import smite_core.io.video_io as video_io
 
     for t in range(2):
         _png(tmp_path / "video" / f"{t}.png", np.full((32, 32, 3), 90, np.uint8))
@@ -330,7 +330,7 @@ class _Stop(Exception):
 def test_learning_stops_within_one_pass(tiny_backbone, monkeypatch):
     """The interrupt hook (ComfyUI's Cancel) runs after every forward and backward pass: asked to stop
     during the third UNet pass, learning raises before any further pass."""
-    import smite_core.learn as learn
+    import smite_core.method.learn as learn
 
     image, labels = blob_reference(32)
     refs = reference_set_from_label_maps(image[None], labels[None], ["background", "a", "b"])
@@ -354,8 +354,8 @@ def test_learning_stops_within_one_pass(tiny_backbone, monkeypatch):
 
 
 def test_segmentation_stops_within_one_pass(tiny_backbone, monkeypatch):
-    import smite_core.segment as segment
-    from smite_core.embedding import SegmentEmbedding
+    import smite_core.method.segment as segment
+    from smite_core.method.embedding import SegmentEmbedding
 
     g = torch.Generator().manual_seed(0)
     embedding = SegmentEmbedding(torch.randn(2, tiny_backbone.context_dim, generator=g), ["background", "a", "b"],

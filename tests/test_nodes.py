@@ -15,8 +15,8 @@ import pytest
 import torch
 from graph_runner import ROOT, load_pack
 
-from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError, SmiteError
+from smite_core.method.embedding import SegmentEmbedding
 
 EXPECTED = {"SMITE_ModelLoader", "SMITE_ModelFromCheckpoint", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding",
             "SMITE_SaveEmbedding",
@@ -113,10 +113,10 @@ def test_fresh_interpreter_imports_the_pack_like_comfyui(tmp_path):
         f"spec = importlib.util.spec_from_file_location('/x/custom_nodes/smite-segment', {str(ROOT / '__init__.py')!r},"
         f" submodule_search_locations=[{str(ROOT)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)\n"
-        "import smite_core, smite_core.backbone\n"
+        "import smite_core, smite_core.model.backbone\n"
         "print(smite_core.__file__); print(len(m.NODE_CLASS_MAPPINGS))\n"
-        "print(sorted(smite_core.backbone.read_family_config('tiny')))\n"
-        "print('nodes' in sys.modules and 'smite_core.segment' in sys.modules)\n"
+        "print(sorted(smite_core.model.backbone.read_family_config('tiny')))\n"
+        "print('nodes' in sys.modules and 'smite_core.method.segment' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -537,7 +537,7 @@ def test_example_flicker_is_actually_flickery():
 def counted_passes(monkeypatch, fake_comfy):
     """Counts the UNet passes of segmentation and how many progress updates preceded each; ``cancel_at``:
     the pass during which the user presses Cancel."""
-    import smite_core.segment as segment_module
+    import smite_core.method.segment as segment_module
 
     real = segment_module.unet_forward
     seen = {"passes": 0, "progress_before": [], "cancel_at": None}
@@ -637,7 +637,7 @@ def test_model_from_checkpoint_shares_comfyui_weights_and_matches_the_loader(nod
     from graph_runner import comfy_objects
     from smite_pack_under_test.nodes.comfy_model import SharedModel
 
-    from smite_core.shared_weights import is_bound, shared_storage
+    from smite_core.model.shared_weights import is_bound, shared_storage
 
     comfy_model, clip, vae = comfy_objects(sd1_file)
     with torch.inference_mode():

@@ -98,8 +98,8 @@ def parity_backbone(name: str, dtype: str = "fp32", device: str = "cpu"):
     if key not in _BACKBONES:
         from diffusers import DDIMScheduler
 
-        from smite_core.backbone import backbone_from_components, resolve_dtype
-        from smite_core.components import Components
+        from smite_core.model.backbone import backbone_from_components, resolve_dtype
+        from smite_core.model.components import Components
 
         if device == "cuda":  # fp32 parity means no TF32
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -116,7 +116,7 @@ def parity_backbone(name: str, dtype: str = "fp32", device: str = "cpu"):
 
 def reference_scale(record, backbone, layers=None):
     """Our record with the reference's map scale 1/8 instead of each layer's own ``1/sqrt(head_dim)``."""
-    from smite_core.attention import select_capture_layers
+    from smite_core.model.attention import select_capture_layers
 
     layers = layers or select_capture_layers(backbone.unet)
     modules = dict(backbone.unet.named_modules())
@@ -147,7 +147,7 @@ def self_attention(record) -> torch.Tensor:
 @pytest.fixture(scope="module", params=MODELS)
 def window(request):
     """One inflated UNet forward of the golden latent window: ``(name, golden, backbone, out, record)``."""
-    from smite_core.unet_pass import unet_forward
+    from smite_core.model.unet_pass import unet_forward
 
     name = request.param
     g = golden(name)
@@ -184,7 +184,7 @@ def test_weights_are_the_ones_the_reference_loaded(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_capture_layers_are_the_reference_layers(name):
     """C13: the layers chosen by resolution are the reference's hard-coded ones on SD 1.5 and SD 2.1."""
-    from smite_core.attention import select_capture_layers
+    from smite_core.model.attention import select_capture_layers
 
     ref = json.loads(golden_meta(name)["reference_layers"])
     layers = select_capture_layers(parity_backbone(name).unet)
@@ -195,7 +195,7 @@ def test_capture_layers_are_the_reference_layers(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_conditioning_is_the_references(name):
     """E("") with the segment tokens at positions 1..K-1 (the reference's encode_prompt, use_tokens)."""
-    from smite_core.embedding import build_context
+    from smite_core.method.embedding import build_context
 
     g = golden(name)
     backbone = parity_backbone(name)
@@ -212,7 +212,7 @@ def test_inflated_unet_noise_prediction(window):
 def test_cross_attention_maps_per_layer(window):
     """CA per capture layer and averaged; on SD 1.5 the reference's 1/8 scale is the only difference (D14)."""
     name, g, backbone, _, record = window
-    from smite_core.attention import select_capture_layers
+    from smite_core.model.attention import select_capture_layers
 
     layers = select_capture_layers(backbone.unet)
     modules = dict(backbone.unet.named_modules())
@@ -225,14 +225,14 @@ def test_cross_attention_maps_per_layer(window):
         if factor != 1.0 and DTYPE == "fp32":
             unscaled = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
             assert rel_err(unscaled, g[f"{name}.ca_layer{i}"]) == pytest.approx(abs(1 / factor - 1), rel=1e-3)
-    from smite_core.was import cross_attention_logits
+    from smite_core.method.was import cross_attention_logits
 
     assert_close(cross_attention_logits(reference_scale(record_copy(record), backbone)), g[f"{name}.ca"],
                  f"{name} CA", model_tol())
 
 
 def record_copy(record):
-    from smite_core.attention import AttentionRecord
+    from smite_core.model.attention import AttentionRecord
 
     return AttentionRecord(record.num_tokens, record.latent_hw, list(record.cross), list(record.self_qk))
 
@@ -256,7 +256,7 @@ def test_was_inference_as_is(window):
     """C17 (docs/method.md 13): the reference's WAS sums SA over the key index, A[k,q] = sum_p W[k,p] SA[q,p],
     ours over the query index (the paper's formula). As is, the maps differ by far more than the tolerance;
     the next test shows that the orientation is the whole difference."""
-    from smite_core.was import was_inference
+    from smite_core.method.was import was_inference
 
     name, g, backbone, _, record = window
     record = reference_scale(record_copy(record), backbone)
@@ -268,7 +268,7 @@ def test_was_inference_as_is(window):
 def test_was_inference_with_the_references_orientation(window, monkeypatch):
     """With the reference's SA orientation (and, on SD 1.5, its 1/8 scale) our inference WAS is the reference's:
     background threshold, raw logits as weights, per-class rescaling into the logit range all agree."""
-    import smite_core.was as was
+    import smite_core.method.was as was
 
     name, g, backbone, _, record = window
     monkeypatch.setattr(was, "accumulate_self_attention", accumulate_transposed)
@@ -279,7 +279,7 @@ def test_was_inference_with_the_references_orientation(window, monkeypatch):
 def test_was_resize_before_rescale_is_the_only_difference_at_64(window):
     """docs/method.md 4.2: the reference resizes to 64x64 before the per-class rescaling, we after; computing the
     reference's order from our pieces gives its maps, and the argmax labels of both orders agree almost everywhere."""
-    from smite_core.was import cross_attention_logits
+    from smite_core.method.was import cross_attention_logits
 
     name, g, backbone, _, record = window
     record = reference_scale(record_copy(record), backbone)
@@ -308,7 +308,7 @@ _STEPS: dict = {}
 
 
 def learning_step(name: str, orientation: str):
-    """One step of ``smite_core.learn._Learner.losses`` (joint phase: tokens + K/V) on the golden inputs.
+    """One step of ``smite_core.method.learn._Learner.losses`` (joint phase: tokens + K/V) on the golden inputs.
 
     ``orientation``: ``"ours"``, or ``"reference"`` (the reference's SA orientation and map scale).
     Augmentation and the VAE are bypassed (the golden latent is given, as the reference's shim gives it);
@@ -317,9 +317,9 @@ def learning_step(name: str, orientation: str):
     key = (name, orientation)
     if key in _STEPS:
         return _STEPS[key]
-    import smite_core.learn as learn
-    import smite_core.was as was
-    from smite_core.references import ReferenceSet
+    import smite_core.method.learn as learn
+    import smite_core.method.was as was
+    from smite_core.io.references import ReferenceSet
 
     g = golden(name)
     backbone = parity_backbone(name, "fp32", DEVICE)
@@ -436,8 +436,8 @@ def test_bidirectional_voting():
     """Same tracks and visibilities: query frames whose 15-frame window fits agree exactly; at the ends the reference
     shifts its window to stay 15 frames long where ours is centred and clipped (D5): with our window widened and
     the visibility limited to the reference's window, every frame agrees."""
-    from smite_core.tracking import Tracks
-    from smite_core.voting import vote_tracks
+    from smite_core.temporal.tracking import Tracks
+    from smite_core.temporal.voting import vote_tracks
 
     g = golden("formulas")
     maps, ref = g["formula.vote.maps"], g["formula.vote.voted"]
@@ -462,7 +462,7 @@ def test_bidirectional_voting():
 def test_dct_low_pass_and_e_reg():
     """Orthonormal 3-D DCT-II, the low-pass mask (rows and columns below floor(n * cut-off), every temporal
     frequency) and E_reg (mean |masked difference|) against torch_dct and the reference's dct_loss."""
-    from smite_core.guidance import dct3, dct_basis, energy_reg, lowpass_mask
+    from smite_core.method.guidance import dct3, dct_basis, energy_reg, lowpass_mask
 
     g = golden("formulas")
     was, reference = g["formula.dct.was"], g["formula.dct.reference"]
@@ -481,8 +481,9 @@ def test_guided_latent_update():
     """E_track + E_reg and the Adam-style update on 4-frame sub-slices, 15 iterations, two guided steps (cut-off
     0.999 then 0.4), on a differentiable stand-in for the UNet's WAS: the reference's _compute_loss and
     _update_latent_with_gradient give the same latents."""
-    from smite_core.guidance import GuidanceEnergy, guide_latents, step_size
     from diffusers import DDIMScheduler
+
+    from smite_core.method.guidance import GuidanceEnergy, guide_latents, step_size
 
     g = golden("formulas")
     k = int(g["formula.k"])
@@ -503,7 +504,7 @@ def test_guided_latent_update():
 def test_metrics_against_the_references_evaluation():
     """J and F equal; per-class IoU equal (the reference in percent, 0 for a class never in the ground truth);
     the reference's mIoU is our mIoU_all_classes, and our mIoU is the mean over present classes (D10)."""
-    from smite_core.metrics import evaluate_sequence
+    from smite_core.evaluation.metrics import evaluate_sequence
 
     g = golden("formulas")
     gt, pred, k = g["formula.metrics.gt"].numpy(), g["formula.metrics.pred"].numpy(), int(g["formula.metrics.k"])
@@ -523,11 +524,11 @@ def test_metrics_against_the_references_evaluation():
 
 def test_a_perturbed_component_fails_its_comparison():
     """The comparisons are sharp: small changes to a compared component exceed the tolerance by far."""
-    from smite_core.guidance import energy_reg
-    from smite_core.metrics import evaluate_sequence
-    from smite_core.tracking import Tracks
-    from smite_core.unet_pass import unet_forward
-    from smite_core.voting import vote_tracks
+    from smite_core.evaluation.metrics import evaluate_sequence
+    from smite_core.method.guidance import energy_reg
+    from smite_core.model.unet_pass import unet_forward
+    from smite_core.temporal.tracking import Tracks
+    from smite_core.temporal.voting import vote_tracks
 
     g, f = golden("sd21"), golden("formulas")
     backbone = parity_backbone("sd21")
@@ -569,8 +570,9 @@ def test_cotracker_adapter_with_the_real_cotracker3(tmp_path, monkeypatch):
     weights. Fed so that only formulas differ: frames in 0..255 on both sides (D2), one call per query frame
     (``chunk``, D3), and the reference's query points (cell centre + 1/2 pixel): our tracks are then the
     reference's plus exactly that half pixel, in cells, and the visibilities are equal."""
-    import smite_core.tracking as tracking
     from safetensors.torch import save_file
+
+    import smite_core.temporal.tracking as tracking
 
     g = golden("cotracker")
     predictor_seed = int(json.loads(golden_meta("cotracker")["cotracker_seed"]))

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from smite_core.tools import pretrain as PT
 from smite_core import procedural as P
 from smite_core.errors import InputError
+from smite_core.tools import pretrain as PT
 
 
 def test_vocabulary_is_the_shipped_one_and_fits_the_text_encoder():
-    shipped = json.loads((resources.files("smite_core.configs") / "tiny" / "vocab.json").read_text())["words"]
+    shipped = json.loads((resources.files("smite_core.model.configs") / "tiny" / "vocab.json").read_text())["words"]
     assert shipped == PT.vocabulary()
-    te = json.loads((resources.files("smite_core.configs") / "tiny" / "text_encoder.json").read_text())
+    te = json.loads((resources.files("smite_core.model.configs") / "tiny" / "text_encoder.json").read_text())
     assert te["vocab_size"] == len(shipped)
     held_only = {p for c in P.HELDOUT_CATEGORIES for p in P.CATEGORY_PARTS[c]} - \
         {p for c in P.TRAIN_CATEGORIES for p in P.CATEGORY_PARTS[c]}
@@ -23,7 +23,7 @@ def test_vocabulary_is_the_shipped_one_and_fits_the_text_encoder():
 
 
 def test_tokenizer_interface():
-    from smite_core.tokenizer import WordTokenizer
+    from smite_core.model.tokenizer import WordTokenizer
 
     tok = WordTokenizer.from_json()
     ids = tok("Wheel, body  WINDOW", add_special_tokens=False)["input_ids"]
@@ -86,7 +86,7 @@ def _tiny_run(seed):
 
 
 def test_pretrain_is_deterministic_and_writes_a_loadable_file(tmp_path):
-    from smite_core.backbone import backbone_fingerprint, build_tiny_components
+    from smite_core.model.backbone import backbone_fingerprint, build_tiny_components
 
     torch.set_num_threads(1)
     a, b = _tiny_run(0), _tiny_run(0)
@@ -121,7 +121,7 @@ def test_shipped_weights_come_from_the_documented_command_and_current_defaults()
 
     from safetensors import safe_open
 
-    weights = resources.files("smite_core") / "weights"
+    weights = resources.files("smite_core.model") / "weights"
     with safe_open(str(weights / "tiny.safetensors"), "pt") as f:
         recorded = json.loads(f.metadata()["pretrain"])
     command = re.search(r"python -m smite_core\.tools\.pretrain (.+)", (weights / "README.md").read_text()).group(1)

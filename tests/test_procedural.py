@@ -163,7 +163,7 @@ def test_bad_input(call):
 def test_write_example(tmp_path):
     from PIL import Image
 
-    from smite_core.label_png import palette
+    from smite_core.io.label_png import palette
 
     out = tmp_path / "ex"
     paths = P.write_example(out, "flower", 4, num_refs=2, num_frames=4, size=(64, 96))

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from smite_core.backbone import build_tiny_components
+from smite_core.model.backbone import build_tiny_components
 from smite_core.procedural import CATEGORIES
 from smite_core.tools import quality as Q
 

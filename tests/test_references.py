@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from smite_core.errors import InputError
-from smite_core.label_png import save_label_png
-from smite_core.references import (
+from smite_core.io.label_png import save_label_png
+from smite_core.io.references import (
     ReferenceSet,
     complete_names,
     load_image,

@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import blob_reference
 
-from smite_core.backbone import backbone_from_components
-from smite_core.checkpoints import random_components
-from smite_core.learn import LearnConfig, learn_embedding
-from smite_core.references import reference_set_from_label_maps
-from smite_core.segment import SegmentConfig, segment_frames
-from smite_core.was import labels_from_was
+from smite_core.io.references import reference_set_from_label_maps
+from smite_core.method.learn import LearnConfig, learn_embedding
+from smite_core.method.segment import SegmentConfig, segment_frames
+from smite_core.method.was import labels_from_was
+from smite_core.model.backbone import backbone_from_components
+from smite_core.model.checkpoints import random_components
 
 
 @pytest.mark.parametrize("family,context_dim", [("sd1", 768), ("sd2", 1024)])

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import blob_reference
 
-from smite_core.embedding import SegmentEmbedding
 from smite_core.errors import InputError
-from smite_core.segment import SegmentConfig, blend_weights, segment_frames, segment_stream, window_spans
-from smite_core.was import labels_from_was
+from smite_core.method.embedding import SegmentEmbedding
+from smite_core.method.segment import SegmentConfig, blend_weights, segment_frames, segment_stream, window_spans
+from smite_core.method.was import labels_from_was
 
 
 @pytest.mark.parametrize("frames,expected", [
@@ -106,7 +106,7 @@ def test_embedding_from_another_backbone_is_refused(tiny_backbone, embedding):
 
 
 def test_precomputed_latents_give_the_same_maps(tiny_backbone, embedding):
-    from smite_core.inversion import encode_frames
+    from smite_core.method.inversion import encode_frames
 
     torch.manual_seed(3)
     frames = torch.rand(5, 64, 64, 3)
@@ -120,7 +120,7 @@ def test_precomputed_latents_give_the_same_maps(tiny_backbone, embedding):
 
 
 def test_each_frame_is_vae_encoded_once(tiny_backbone, embedding, monkeypatch):
-    import smite_core.segment as segment_module
+    import smite_core.method.segment as segment_module
 
     encoded = []
     real = segment_module.encode_frames
@@ -140,8 +140,8 @@ def test_tiny_backbone_learns_at_192_and_segments_at_256(tiny_backbone):
     """The tiny backbone's maps are finer at 256 px (docs/quality.md); SD keeps one resolution."""
     from dataclasses import replace
 
-    from smite_core.inversion import working_size
-    from smite_core.learn import LearnConfig
+    from smite_core.method.inversion import working_size
+    from smite_core.method.learn import LearnConfig
 
     assert tiny_backbone.resolution == 192 and tiny_backbone.segment_resolution == 256
     assert working_size(tiny_backbone, (300, 400)) == (256, 256)

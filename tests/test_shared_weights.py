@@ -1,4 +1,4 @@
-"""smite_core.shared_weights: a backbone on a host's LDM-layout tensors (ComfyUI's MODEL and VAE), no copy.
+"""smite_core.model.shared_weights: a backbone on a host's LDM-layout tensors (ComfyUI's MODEL and VAE), no copy.
 
 No ComfyUI here: the host's tensors are the state dicts of a small SD-shaped single file, made in
 inference mode as ComfyUI makes its weights. The real ComfyUI path is in ``test_comfy_server.py``.
@@ -9,10 +9,20 @@ import torch
 from ldm_layout import UNET_PREFIX, VAE_PREFIX, to_ldm_checkpoint
 from test_checkpoints import tiny_models, write_single
 
-from smite_core.backbone import backbone_fingerprint, load_backbone
 from smite_core.errors import BackboneError
-from smite_core.shared_weights import (SUPPORTED, PromptEncoding, alias, bind, empty_prompt_ids, family_of,
-                                       is_bound, shared_components, shared_storage, unbind)
+from smite_core.model.backbone import backbone_fingerprint, load_backbone
+from smite_core.model.shared_weights import (
+    SUPPORTED,
+    PromptEncoding,
+    alias,
+    bind,
+    empty_prompt_ids,
+    family_of,
+    is_bound,
+    shared_components,
+    shared_storage,
+    unbind,
+)
 
 
 def _host_states(models, family):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from smite_core.cli import main
-from smite_core.embedding import SegmentEmbedding
-from smite_core.label_png import read_label_png, save_label_png
-from smite_core.segment import SegmentConfig, segment_frames, segment_stream, segment_window
-from smite_core.tracking import FlowTracker
-from smite_core.video_io import FrameSource
-from smite_core.voting import vote_tracks
+from smite_core.commands.cli import main
+from smite_core.io.label_png import read_label_png, save_label_png
+from smite_core.io.video_io import FrameSource
+from smite_core.method.embedding import SegmentEmbedding
+from smite_core.method.segment import SegmentConfig, segment_frames, segment_stream, segment_window
+from smite_core.temporal.tracking import FlowTracker
+from smite_core.temporal.voting import vote_tracks
 
 PLAIN = dict(tracker="none", track_weight=0.0, lowpass_weight=0.0)
 
@@ -96,7 +96,7 @@ def test_the_overlap_carries_the_previous_window(tiny_backbone, embedding):
     assert not torch.allclose(with_carry[:2], without[:2], atol=1e-5)  # the carried maps are the low-pass target
     # the stream hands each window the previous window's result for the shared frames
     seen = []
-    import smite_core.segment as segment_module
+    import smite_core.method.segment as segment_module
 
     original = segment_module.WindowRunner.run
 

@@ -10,8 +10,14 @@ import torch
 
 from smite_core.errors import InputError
 from smite_core.procedural import make_video
-from smite_core.tracking import (FlowTracker, StaticTracker, TrackerError, find_cotracker_checkpoint, grid_points,
-                                 make_tracker)
+from smite_core.temporal.tracking import (
+    FlowTracker,
+    StaticTracker,
+    TrackerError,
+    find_cotracker_checkpoint,
+    grid_points,
+    make_tracker,
+)
 
 
 def true_tracks(video, grid, query, frames):

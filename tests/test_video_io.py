@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from smite_core.errors import InputError, OutputExistsError
-from smite_core.label_png import palette
-from smite_core.video_io import FrameSource, open_frames, open_video_writer, overlay
+from smite_core.io.label_png import palette
+from smite_core.io.video_io import FrameSource, open_frames, open_video_writer, overlay
 
 
 def _ramp(t, h, w):

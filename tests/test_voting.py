@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from smite_core.errors import InputError
-from smite_core.tracking import StaticTracker, Tracks
-from smite_core.voting import vote_tracks, vote_video, window_offsets
+from smite_core.temporal.tracking import StaticTracker, Tracks
+from smite_core.temporal.voting import vote_tracks, vote_video, window_offsets
 
 
 def naive_vote(maps, tracks, window):

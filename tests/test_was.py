@@ -2,8 +2,8 @@
 
 import torch
 
-from smite_core.attention import AttentionRecord
-from smite_core.was import accumulate_self_attention, labels_from_was, was_inference, was_train
+from smite_core.method.was import accumulate_self_attention, labels_from_was, was_inference, was_train
+from smite_core.model.attention import AttentionRecord
 
 
 def _record(frames=2, k=3, h=6, w=5, heads=2, d=4, layers=2, seed=0):

@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from graph_runner import (API_WORKFLOWS, CORE_NODES, WORKFLOWS, api_to_ui, check_ui_workflow, load_pack, pack_infos,
-                          run_api_workflow, topological_order, ui_to_api)
+from graph_runner import (
+    API_WORKFLOWS,
+    CORE_NODES,
+    WORKFLOWS,
+    api_to_ui,
+    check_ui_workflow,
+    load_pack,
+    pack_infos,
+    run_api_workflow,
+    topological_order,
+    ui_to_api,
+)
 
 NAMES = ["SMITE 1 - Learn parts from one reference and segment a video",
          "SMITE 2 - Segment a video with a saved embedding",
@@ -92,9 +102,8 @@ def test_api_workflow_uses_only_smite_and_core_nodes(name, pack):
 
 
 def test_workflow_4_runs_on_the_checkpoint_load_checkpoint_gives(pack, tmp_path):
-    from test_checkpoints import tiny_models, write_single
-
     import graph_runner
+    from test_checkpoints import tiny_models, write_single
 
     api = _api(NAMES[3])
     loader = _node_of(api, "CheckpointLoaderSimple")

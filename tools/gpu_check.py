@@ -92,8 +92,8 @@ def write_sd21_folder(root: Path, small: bool) -> Path:
         unet, vae, text = pm.build("sd21")
         scheduler = dict(pm.SCHEDULER_CONFIG)
     else:
-        from smite_core.checkpoints import random_components
-        from smite_core.components import read_family_config
+        from smite_core.model.checkpoints import random_components
+        from smite_core.model.components import read_family_config
 
         comp = random_components("sd2", seed=0)
         unet, vae, text = comp.unet, comp.vae, comp.text_encoder
@@ -129,8 +129,8 @@ def bench_child(argv: list[str]) -> int:
     """Run the ``smite`` CLI in this process with every (frame, WAS) output checked; print a summary line."""
     import torch
 
-    import smite_core.export as export
-    from smite_core import cli
+    import smite_core.method.export as export
+    from smite_core.commands import cli
 
     seen = {"frames_checked": 0, "nonfinite_frames": 0}
     original = export.export_segmentation

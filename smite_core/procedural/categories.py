@@ -22,7 +22,6 @@ from .geometry import ellipse, leaf, poly, rrect, stroke, uniform
 from .parts import Part
 from .texture import hsv, make_texture, rand_hsv
 
-
 # ----------------------------------------------------------------------------------------------
 # category names and parts
 

@@ -17,12 +17,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..fileio import atomic_dir
+from ..io.fileio import atomic_dir
 from .categories import category_names, check_category
 from .geometry import rotate, translate, uniform
 from .parts import random_shape_part, render_part, stamp
 from .scene import apply_light, make_background, make_scene, render_scene, sample_light
-
 
 # ----------------------------------------------------------------------------------------------
 # constants and results
@@ -166,7 +165,7 @@ def write_example(out_dir: str | os.PathLike, category: str, seed: int, num_refs
     ``gt/labels/NNNNN.png``, ``gt/motion/NNNNN.npy`` (float16 ``[H,W,2]``, frame t -> t+1) and
     ``gt/segments.json``. An existing ``out_dir`` is refused unless ``overwrite``.
     """
-    from ..label_png import save_label_png
+    from ..io.label_png import save_label_png
 
     category = check_category(category)
     num_refs = _check_count(num_refs, "num_refs", 1)

@@ -14,7 +14,6 @@ import math
 import cv2
 import numpy as np
 
-
 # ----------------------------------------------------------------------------------------------
 # affine maps and time functions
 

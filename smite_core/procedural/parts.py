@@ -15,10 +15,24 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .geometry import (affine, blob, draw_prims, ellipse, osc, poly, prims_bbox, rotate, rrect, scale, smoothstep,
-                       star, stroke, translate, uniform)
+from .geometry import (
+    affine,
+    blob,
+    draw_prims,
+    ellipse,
+    osc,
+    poly,
+    prims_bbox,
+    rotate,
+    rrect,
+    scale,
+    smoothstep,
+    star,
+    stroke,
+    translate,
+    uniform,
+)
 from .texture import Texture, eval_texture, random_texture
-
 
 # ----------------------------------------------------------------------------------------------
 # a part and its articulation

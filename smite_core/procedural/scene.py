@@ -20,7 +20,6 @@ from .geometry import blob, osc, poly, prims_bbox, rotate, rrect, scale, transla
 from .parts import Part, part_matrices, random_shape_part, render_part, stamp
 from .texture import eval_texture, make_noise, rand_hsv, random_texture, sample_noise
 
-
 # ----------------------------------------------------------------------------------------------
 # object pose
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from .geometry import smoothstep
 
-
 # ----------------------------------------------------------------------------------------------
 # colours
 

@@ -5,7 +5,7 @@ clip rendered once and played back and forth, so the test video costs the same m
 length), then runs exactly what ``smite segment`` runs: ``segment.segment_stream`` (lazy decoding,
 VAE, inflated UNet, WAS, tracking, voting, guidance) consumed by ``export.export_segmentation``
 (labels at frame size, label PNGs and the overlay video) into a temporary folder. The stages are
-timed through the pipeline's profiler hook (``smite_core.profiling``; :class:`StageTimer`);
+timed through the pipeline's profiler hook (``smite_core.method.profiling``; :class:`StageTimer`);
 each stage gets its *own* time (a UNet forward inside the guidance counts as ``unet``, what is
 left of the guidance - energies, backward pass, latent update - as ``guidance_backward``). Time in
 no stage (noise, DDIM step, window blending) is ``other_s``.
@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from smite_core.profiling import STAGES, Profiler
+from smite_core.method.profiling import STAGES, Profiler
 
 BENCH_FRAMES = 16  # frames of the procedural video timed by default
 VOTE_REF_QUERIES = 1024  # queries the Python-loop voting baseline is timed on (scaled to the full problem)
@@ -66,7 +66,7 @@ def _sync(device: torch.device) -> None:
 
 
 class StageTimer(Profiler):
-    """A :class:`~smite_core.profiling.Profiler` that adds up each stage's own (exclusive) seconds, calls
+    """A :class:`~smite_core.method.profiling.Profiler` that adds up each stage's own (exclusive) seconds, calls
     and items: time spent in a stage nested inside another is taken off the outer one."""
 
     def __init__(self, device: torch.device | str = "cpu"):
@@ -114,8 +114,8 @@ def write_procedural_video(path: str | Path, frames: int, size: int, seed: int =
     Only a ``CLIP_FRAMES`` clip is rendered; longer videos play it forth and back. Returns the
     segment names of the category.
     """
+    from smite_core.io.video_io import open_video_writer
     from smite_core.procedural import make_video
-    from smite_core.video_io import open_video_writer
 
     clip = make_video("car", seed=seed, num_frames=min(frames, CLIP_FRAMES), size=(size, size))
     n = clip.frames.shape[0]
@@ -140,12 +140,12 @@ def run_bench(frames: int = BENCH_FRAMES, frame_size: int | None = None, model: 
     :func:`bench_voting`. ``progress_factory(desc, total, unit)``: a progress callback for the frames
     (the CLI's bar). Returns a flat dict (docs/performance.md lists the keys).
     """
-    from smite_core.backbone import load_backbone
-    from smite_core.embedding import SegmentEmbedding
     from smite_core.errors import InputError
-    from smite_core.export import export_segmentation
-    from smite_core.segment import SegmentConfig, segment_stream, window_spans
-    from smite_core.video_io import open_frames
+    from smite_core.io.video_io import open_frames
+    from smite_core.method.embedding import SegmentEmbedding
+    from smite_core.method.export import export_segmentation
+    from smite_core.method.segment import SegmentConfig, segment_stream, window_spans
+    from smite_core.model.backbone import load_backbone
 
     if frames < 1:
         raise InputError(f"--frames: must be at least 1 (got {frames})")
@@ -229,7 +229,7 @@ def _timed_smite(args: list[str]) -> float:
     from smite_core.errors import SmiteError
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "smite_core.cli", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "smite_core.commands.cli", *map(str, args)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SmiteError(f"bench: 'smite {args[0]}' failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return time.perf_counter() - start
@@ -250,8 +250,8 @@ def run_batch_bench(frames=BATCH_FRAMES, workers=BATCH_WORKERS, frame_size: int 
     another), ``separate_videos_per_min`` and ``load_saved_s_per_video`` (``separate_s`` minus ``w1_s``, per
     video: the start-up and model load a batch pays once instead of once per video).
     """
-    from smite_core.backbone import load_backbone
-    from smite_core.embedding import SegmentEmbedding
+    from smite_core.method.embedding import SegmentEmbedding
+    from smite_core.model.backbone import load_backbone
 
     frames, workers = int_list(frames, "--batch-frames"), int_list(workers, "--batch")
     separate = 1 in workers if separate is None else separate
@@ -302,7 +302,7 @@ def voting_problem(frames: int = 16, classes: int = 6, grid: int = 64, seed: int
     Tracks drift with a per-point velocity (up to about half a cell per frame) plus jitter, so some
     leave the grid; about 10 % of the other frames' points are occluded.
     """
-    from smite_core.tracking import Tracks, grid_points
+    from smite_core.temporal.tracking import Tracks, grid_points
 
     g = torch.Generator().manual_seed(seed)
     maps = torch.randn(frames, classes, grid, grid, generator=g)
@@ -321,11 +321,11 @@ def reference_vote_loop(maps: torch.Tensor, tracks, window: int = 15, queries: l
     Same structure as the reference implementation's voting loop (for every query frame, for every
     point: gather the visible tracked class vectors over the window, take the most frequent
     argmax with ``np.unique``, average the vectors that agree), written with the conventions of
-    :func:`~smite_core.voting.vote_tracks` (window clipped to the video, the query's own cell always
+    :func:`~smite_core.temporal.voting.vote_tracks` (window clipped to the video, the query's own cell always
     counted) so both give the same numbers. ``queries``: flat indices ``qi * N + n`` to vote
     (default all). Returns ``[len(queries), K]``.
     """
-    from smite_core.voting import window_offsets
+    from smite_core.temporal.voting import window_offsets
 
     frames, k, h, w = maps.shape
     n_points = h * w
@@ -356,11 +356,11 @@ def reference_vote_loop(maps: torch.Tensor, tracks, window: int = 15, queries: l
 
 
 def bench_voting(repeats: int = 5, ref_queries: int | None = VOTE_REF_QUERIES, seed: int = 0) -> dict:
-    """``vote_ms`` (median of ``repeats``) of :func:`~smite_core.voting.vote_tracks` on the standard
+    """``vote_ms`` (median of ``repeats``) of :func:`~smite_core.temporal.voting.vote_tracks` on the standard
     problem and ``vote_ref_ms`` of :func:`reference_vote_loop`: timed on ``ref_queries`` queries
     spread evenly over all of them and scaled to the full problem (None: the full loop), plus
     the largest difference between the two on the queries both computed."""
-    from smite_core.voting import vote_tracks
+    from smite_core.temporal.voting import vote_tracks
 
     p = VOTE_PROBLEM
     maps, tracks = voting_problem(p["frames"], p["classes"], p["grid"], seed)
@@ -388,7 +388,7 @@ def bench_voting(repeats: int = 5, ref_queries: int | None = VOTE_REF_QUERIES, s
 def _meta_models(family: str = "sd2"):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from smite_core.components import read_family_config
+    from smite_core.model.components import read_family_config
 
     cfg = read_family_config(family)
     with torch.device("meta"):
@@ -418,9 +418,9 @@ def sd21_estimate(size: int = FLOPS_SIZE, num_segments: int = 6, family: str = "
     3 x 15 iterations of 4 sub-slices) and a plain pass without guidance. Per window
     ``window - overlap`` frames are new, each VAE-encoded once.
     """
-    from smite_core.segment import SegmentConfig
-    from smite_core.unet_pass import unet_forward
-    from smite_core.was import was_inference
+    from smite_core.method.segment import SegmentConfig
+    from smite_core.method.was import was_inference
+    from smite_core.model.unet_pass import unet_forward
 
     unet, vae, cfg = _meta_models(family)
     backbone = SimpleNamespace(unet=unet, device=torch.device("meta"), dtype=torch.float32)

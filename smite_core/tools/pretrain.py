@@ -1,6 +1,6 @@
 """Pre-training of the embedded tiny backbone on procedural images (no downloads, CPU).
 
-``python -m smite_core.tools.pretrain --out smite_core/weights/tiny.safetensors [--minutes M] [--seed S]``
+``python -m smite_core.tools.pretrain --out smite_core/model/weights/tiny.safetensors [--minutes M] [--seed S]``
 
 The tiny backbone has Stable Diffusion's structure and mechanics (``AutoencoderKL`` with scaling
 factor 0.18215, ``UNet2DConditionModel`` with cross-attention, a CLIP text encoder with a 77-token
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from smite_core import procedural as P
 from smite_core.errors import InputError
-from smite_core.losses import class_weights
+from smite_core.method.losses import class_weights
 from smite_core.procedural.geometry import blob, ellipse, poly, rotate, rrect, star, stroke, translate, uniform
 from smite_core.procedural.parts import Part, render_part, stamp
 from smite_core.procedural.scene import apply_light, make_background, sample_light
@@ -67,7 +67,7 @@ EXTRA_WORDS = ("with",)
 
 def vocabulary() -> list[str]:
     """The tiny tokenizer's words in id order (specials first); every word is used in training."""
-    from smite_core.tokenizer import SPECIALS
+    from smite_core.model.tokenizer import SPECIALS
 
     parts = sorted({p for c in P.TRAIN_CATEGORIES for p in P.CATEGORY_PARTS[c]})
     return [*SPECIALS, *EXTRA_WORDS, *COLOURS, *TEXTURE_WORDS.values(), *SHAPE_WORDS, *P.TRAIN_CATEGORIES, *parts]
@@ -389,7 +389,7 @@ def normalise_latent_scale(vae, latents_mean: torch.Tensor) -> float:
 def encode_records(vae, records: list[dict], scales: tuple[int, ...], batch: int = 16) -> list[torch.Tensor]:
     """Scaled latent means (fp16 ``[4,h,w]``) of every picture, record ``i`` resized to
     ``scales[i % len(scales)]`` first (antialiased bilinear, as ``inversion.prepare_frames``)."""
-    from smite_core.inversion import prepare_frames
+    from smite_core.method.inversion import prepare_frames
 
     out: list[torch.Tensor | None] = [None] * len(records)
     for j, side in enumerate(scales):
@@ -512,8 +512,8 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
                    gen: torch.Generator, rng: np.random.Generator, say: Callable[[str], None] = print,
                    crop: int | None = None, batch: int | None = None) -> None:
     """Train the text encoder and UNet (in place) on latent crops; see the module docstring."""
-    from smite_core.attention import AttentionRecord, inflated_unet
-    from smite_core.was import cross_attention_logits
+    from smite_core.method.was import cross_attention_logits
+    from smite_core.model.attention import AttentionRecord, inflated_unet
 
     unet, text_encoder, tokenizer = components.unet, components.text_encoder, components.tokenizer
     scheduler = components.scheduler
@@ -581,15 +581,15 @@ def train_denoiser(components, records: list[dict], latents: list[torch.Tensor],
 
 
 def pretrain(config: PretrainConfig, say: Callable[[str], None] = print):
-    """Run the whole pre-training; returns the trained :class:`~smite_core.components.Components`."""
-    from smite_core.memory_budget import flushed_denormals
+    """Run the whole pre-training; returns the trained :class:`~smite_core.model.components.Components`."""
+    from smite_core.model.memory_budget import flushed_denormals
 
     with flushed_denormals(torch.device("cpu")):  # pre-training runs on the CPU
         return _pretrain(config, say)
 
 
 def _pretrain(config: PretrainConfig, say: Callable[[str], None]):
-    from smite_core.backbone import build_tiny_components
+    from smite_core.model.backbone import build_tiny_components
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -621,7 +621,7 @@ def save_weights(components, path: str | Path, overwrite: bool = True) -> Path:
     ``text_encoder.``)."""
     from safetensors.torch import save_file
 
-    from smite_core.fileio import atomic_path
+    from smite_core.io.fileio import atomic_path
 
     tensors = {}
     models = (("unet.", components.unet), ("vae.", components.vae), ("text_encoder.", components.text_encoder))

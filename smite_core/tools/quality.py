@@ -40,8 +40,8 @@ class SuiteCase:
 
 def make_case(category: str, shots: int, index: int = 0, frames: int = SUITE_FRAMES, size: int = 256) -> SuiteCase:
     """The suite's case ``index`` of ``category`` with ``shots`` references (deterministic)."""
+    from smite_core.io.references import reference_set_from_label_maps
     from smite_core.procedural import make_references, make_video
-    from smite_core.references import reference_set_from_label_maps
 
     seed = SUITE_SEED + 100 * index
     images, labels, names = make_references(category, seed, shots, (size, size))
@@ -53,7 +53,7 @@ def make_case(category: str, shots: int, index: int = 0, frames: int = SUITE_FRA
 
 def score(video, labels: np.ndarray) -> dict:
     """Metrics of predicted ``labels [T,H,W]`` on a procedural video (flicker along its true motion)."""
-    from smite_core.metrics import evaluate_sequence
+    from smite_core.evaluation.metrics import evaluate_sequence
 
     ids = [f"{t:05d}" for t in range(len(labels))]
     return evaluate_sequence({i: labels[t] for t, i in enumerate(ids)}, {i: video.labels[t] for t, i in enumerate(ids)},
@@ -65,9 +65,9 @@ def run_case(backbone, case: SuiteCase, methods=METHODS, learn_overrides: dict |
              progress: Callable[[int, int], None] | None = None, edge_aware: bool = True) -> dict:
     """Learn on the case's references and segment its video with each method: ``{method: metrics}``
     (masks upsampled along the frames' edges unless ``edge_aware`` is False)."""
-    from smite_core.learn import LearnConfig, learn_embedding
-    from smite_core.segment import SegmentConfig, segment_frames
-    from smite_core.was import labels_from_was
+    from smite_core.method.learn import LearnConfig, learn_embedding
+    from smite_core.method.segment import SegmentConfig, segment_frames
+    from smite_core.method.was import labels_from_was
 
     config = LearnConfig.for_backbone(backbone, seed=seed, **(learn_overrides or {}))
     started = time.perf_counter()

@@ -61,7 +61,7 @@ def model_inputs(name: str, k: int) -> dict:
     latents = latents + 0.1 * torch.randn(latents.shape, generator=gen)
     x = {f"{name}.empty_ids": pm.empty_prompt_ids(name), f"{name}.tokens": torch.randn(k - 1, d, generator=gen),
          f"{name}.unet.latents": latents, f"{name}.unet.t": torch.tensor(101)}
-    learn = torch.Generator().manual_seed(LEARN_SEED)  # the draws of smite_core.learn._Learner.losses, in order
+    learn = torch.Generator().manual_seed(LEARN_SEED)  # the draws of smite_core.method.learn._Learner.losses, in order
     t = int(torch.randint(5, 101, (1,), generator=learn))
     noise = torch.randn((1, 4, LEARN_LATENT, LEARN_LATENT), generator=learn)
     x.update({f"{name}.learn.latents": smooth(gen, (1, 4, LEARN_LATENT, LEARN_LATENT), 8),

@@ -23,7 +23,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import ref_shim  # noqa: E402  (before any reference module)
-
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -210,13 +209,13 @@ def learning_step(pipe, x: dict, out: dict, name: str, k: int):
 
 def formulas(x: dict, out: dict, k: int, weights: Path):
     """Voting, the DCT low-pass energy, the guided latent update and the metrics."""
+    import torch_dct
     from diffusers import DDIMScheduler
     from src.frequency_filter import dct_loss
     from src.latent_optimization import _compute_loss, _update_latent_with_gradient
     from src.metrics import calculate_metrics
     from src.slicing import create_slices
     from src.tracking import apply_voting
-    import torch_dct
 
     # bidirectional voting (Algorithm 1) on given tracks: list over query frames of [F, N, 2] ints, [F, N] visibility
     maps = x["formula.vote.maps"]

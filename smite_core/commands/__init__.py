@@ -1,0 +1,1 @@
+"""The ``smite`` command line: ``cli`` (every subcommand) and ``demo`` (``smite demo``)."""

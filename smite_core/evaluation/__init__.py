@@ -1,0 +1,1 @@
+"""Scores of predicted label maps against ground truth: J, F, mIoU, per-class IoU, flicker (``metrics``)."""
