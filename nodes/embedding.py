@@ -174,7 +174,10 @@ class LoadEmbedding:
         return f"{path}|{stat.st_mtime_ns}|{stat.st_size}"
 
     def load(self, embedding):
-        return (SegmentEmbedding.load(host.full_path(host.SMITE_FOLDER, embedding)),)
+        loaded = SegmentEmbedding.load(host.full_path(host.SMITE_FOLDER, embedding))
+        if loaded.outdated:
+            log.warning("SMITE: %s", loaded.outdated)
+        return (loaded,)
 
 
 NODE_CLASS_MAPPINGS = {

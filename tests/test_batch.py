@@ -197,6 +197,29 @@ def test_a_second_run_is_refused_before_it_loads_anything(inputs, tmp_path, monk
         assert [p.name for p in out.iterdir()] == [batch.LOCK_FILE]
 
 
+def test_an_embedding_or_folder_of_smite_0_1_is_named_once(inputs, tmp_path, fast_backbone):
+    """An embedding learned by SMITE 0.1 gets one note for the batch; a folder made with the other WAS (its record
+    has no ``was_version``) is not resumed into."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old.safetensors"
+    with safe_open(str(inputs["embedding"]), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(old), metadata={**metadata, "format_version": "1"})
+    out, lines, video = tmp_path / "out", [], inputs["root"] / "shots" / "shot0.mp4"
+    result = batch.segment_many([str(video)], old, out, FAST_CONFIG, device="cpu", overlay=None,
+                                say=lines.append)
+    assert result.done == ["shot0"] and result.record["settings"]["was_version"] == 2, (lines, result.record)
+    notes = [line for line in lines if "learned with the WAS of SMITE 0.1" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "learn it again" in notes[0], lines
+    record = json.loads((out / batch.BATCH_FILE).read_text())
+    del record["settings"]["was_version"]  # as SMITE 0.1 recorded it
+    (out / batch.BATCH_FILE).write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"other settings \(was_version\)"):
+        batch.segment_many([str(video)], old, out, FAST_CONFIG, device="cpu", overlay=None)
+
+
 def test_batch_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["batch", "--help"])

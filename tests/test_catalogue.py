@@ -886,6 +886,16 @@ def test_only_safetensors_are_written(tmp_path, embedding):
 # ----------------------------------------------------------------------------- interrupts
 
 
+def _rewrite_metadata(path, **changes):
+    """Rewrite some metadata fields of a safetensors file (as another SMITE version wrote it)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**metadata, **changes})
+
+
 class _StopAt:
     """A progress callback that raises ``exc`` when ``done`` reaches ``at``."""
 
@@ -925,6 +935,17 @@ def test_interrupted_learning_resumes_exactly(tiny_backbone, tmp_path):
         learn_embedding(tiny_backbone, refs, other, checkpoint=state)
     learn_embedding(tiny_backbone, refs, other, checkpoint=state, replace_other_checkpoint=True, say=notes.append)
     assert "another run" in notes[-1] and "starting afresh" in notes[-1]
+    state.unlink(missing_ok=True)
+    with pytest.raises(KeyboardInterrupt):
+        learn_embedding(tiny_backbone, refs, config, progress=_StopAt(2), checkpoint=state, checkpoint_every=1)
+    _rewrite_metadata(state, format_version="1")  # a state saved by SMITE 0.1 (another WAS): never resumed
+    with pytest.raises(InputError, match="state.safetensors: learning state of format '1', made by another SMITE"):
+        learn_embedding(tiny_backbone, refs, config, checkpoint=state)
+    notes.clear()
+    again = learn_embedding(tiny_backbone, refs, config, checkpoint=state, replace_other_checkpoint=True,
+                            say=notes.append)
+    assert any("another SMITE version" in n and "starting afresh" in n for n in notes), notes
+    assert torch.equal(again.tokens, whole.tokens)  # learned from the start, not from the old state
     foreign = whole.save(tmp_path / "emb.safetensors")
     before = foreign.read_bytes()
     with pytest.raises(InputError, match="not a SMITE learning state"):

@@ -104,3 +104,36 @@ def test_fingerprint_is_stable_across_fp16_conversion(tiny_backbone):
     with torch.no_grad():
         next(p for n, p in comps.unet.named_parameters() if ".attn2.to_k." in n).mul_(1.01)
     assert backbone_fingerprint(comps) != fp32
+
+
+def _with_format_version(path, version: str):
+    """Rewrite an embedding file's format version (as an older or newer SMITE wrote it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**metadata, "format_version": version})
+    return path
+
+
+def test_an_embedding_learned_before_0_2_loads_with_a_note(tmp_path, tiny_backbone):
+    """Format 1 (SMITE 0.1: the WAS summed over the query index) still loads, and every segmentation says to learn
+    it again; the current format says nothing; a newer format is refused."""
+    from smite_core.io.video_io import FrameSource
+    from smite_core.method.segment import SegmentConfig, segment_stream
+
+    current = SegmentEmbedding.load(_embedding(tiny_backbone).save(tmp_path / "new.safetensors"))
+    assert current.outdated is None and current.meta["format_version"] == 2
+    old = SegmentEmbedding.load(_with_format_version(_embedding(tiny_backbone).save(tmp_path / "old.safetensors"), "1"))
+    assert "old.safetensors was learned with the WAS of SMITE 0.1" in old.outdated and "learn it again" in old.outdated
+    frames = FrameSource.from_tensor(torch.rand(2, 64, 64, 3))
+    for embedding, expected in ((old, [old.outdated]), (current, [])):
+        said = []
+        segment_stream(tiny_backbone, embedding, frames, SegmentConfig(size=64, inflate=False), say=said.append)
+        assert said == expected  # said when called, before any window is computed
+    with pytest.warns(RuntimeWarning, match="learn it again"):  # without say: a warning
+        segment_stream(tiny_backbone, old, frames, SegmentConfig(size=64, inflate=False))
+    old.save(tmp_path / "resaved.safetensors")  # saving never stamps an old embedding with the current format
+    assert "learn it again" in SegmentEmbedding.load(tmp_path / "resaved.safetensors").outdated
+    with pytest.raises(EmbeddingError, match="format version 3 is newer"):
+        SegmentEmbedding.load(_with_format_version(tmp_path / "new.safetensors", "3"))

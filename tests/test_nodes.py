@@ -222,6 +222,22 @@ def test_learn_save_load_round_trip(nodes, model, embedding, tmp_path):
     assert torch.allclose(loaded.tokens, embedding.tokens, atol=1e-2)
 
 
+def test_load_embedding_logs_an_embedding_learned_by_smite_0_1(nodes, embedding, tmp_path, caplog):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = embedding.save(tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**metadata, "format_version": "1"})  # as SMITE 0.1 wrote it
+    with caplog.at_level("WARNING"):
+        loaded = nodes["SMITE_LoadEmbedding"].load(str(path))[0]
+    assert loaded.names == embedding.names
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("old.safetensors was learned with the WAS of SMITE 0.1" in w and "learn it again" in w
+               for w in warnings), warnings
+
+
 def test_bundled_example_embedding_fits_the_embedded_backbone(model):
     from smite_pack_under_test.nodes.build_example import EXAMPLE_EMBEDDING
     from smite_pack_under_test.nodes.host import EXAMPLE_DIR
@@ -234,6 +250,7 @@ def test_bundled_example_embedding_fits_the_embedded_backbone(model):
         f"{path.name} was learned on another embedded backbone (fingerprint {embedding.backbone_fingerprint}, "
         f"now {model.fingerprint}); rebuild it with: python -m nodes.build_example")
     assert embedding.names == ["background", "body", "window", "wheel", "light"]
+    assert embedding.outdated is None, "learned with another WAS: rebuild it with: python -m nodes.build_example"
 
 
 # ----------------------------------------------------------------------------- segment, masks, guides

@@ -133,3 +133,27 @@ def test_shipped_weights_come_from_the_documented_command_and_current_defaults()
     assert {k: recorded[k] for k in config if k not in steps} == {k: v for k, v in config.items() if k not in steps}
     vae_steps, unet_steps, _ = PT.PretrainConfig(seed=seed, minutes=minutes).schedule()
     assert (recorded["vae_steps"], recorded["unet_steps"]) == (vae_steps, unet_steps)
+
+
+def test_the_pretraining_was_loss_is_smites_inference_was():
+    """The pre-training's WAS loss sees the maps ``method.was.was_inference`` makes (summed over the key index,
+    docs/method.md 4), not their transpose."""
+    import torch.nn.functional as F
+
+    from smite_core.method.was import was_inference
+    from smite_core.model.attention import AttentionRecord
+
+    g = torch.Generator().manual_seed(0)
+    q, k, scale = torch.randn(1, 1, 4, 8, generator=g), torch.randn(1, 1, 4, 8, generator=g), 8 ** -0.5
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale, -1)[:, 0]  # [1, query, key], not symmetric
+    ca = torch.randn(1, 77, 2, 2, generator=g)
+    seg = torch.tensor([[[0, 0], [1, 1]]])
+    record = AttentionRecord(num_tokens=2, latent_hw=(2, 2))
+    record.cross, record.self_qk = [ca[:, [0, 5]]], [(q, k, scale)]
+    ((_, _, target, weights),) = list(PT._named_regions(seg.flatten(1), [{1: 5}]))
+    expected = F.cross_entropy(was_inference(record).flatten(2)[0].T, target.flatten(), weight=weights,
+                               ignore_index=PT.IGNORE)
+    loss = PT.was_inference_loss(ca, probs, seg, [{1: 5}])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(PT.was_inference_loss(ca, probs.transpose(1, 2), seg, [{1: 5}])) != pytest.approx(float(expected),
+                                                                                                   rel=1e-3)

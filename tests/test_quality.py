@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not build_tiny_components().extra["trained"],
                                 reason="the trained tiny weights are not shipped in this checkout")
 
 # Measured with the shipped weights; the floors keep a margin for platform differences.
-FAST_FLOOR = 0.52  # measured 0.571 (car 0.632, bird 0.510); 0.487 with bilinear upsampling
+FAST_FLOOR = 0.50  # measured 0.537 (car 0.585, bird 0.489) since 0.2 (key-index WAS); 0.571 with 0.1's WAS
 SUITE_FLOOR_1SHOT = 0.68  # measured 0.701 (full method, the first video of each category; docs/quality.md)
 
 

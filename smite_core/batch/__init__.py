@@ -15,8 +15,8 @@ Where the work runs (each worker loads the backbone and the embedding once, then
 - ``ray=ADDRESS`` (``"auto"``, ``host:6379``, ``ray://host:10001``): one Ray actor per worker on an
   existing cluster, asking Ray for ``gpus_per_video`` GPUs (else one CPU). The embedding file's bytes
   travel through Ray's object store; videos and ``OUT`` must be on storage every node can reach. A
-  worker process that dies is restarted by Ray and its video retried (``MAX_RESTARTS``,
-  ``MAX_TASK_RETRIES``).
+  worker process that dies is restarted by Ray and its video retried (``ray_engine.MAX_RESTARTS``,
+  ``ray_engine.MAX_TASK_RETRIES``).
 
 A video's result is written by its worker into a temporary folder beside ``OUT/<name>`` and renamed
 when complete (``fileio.atomic_dir``). Resuming: a video whose record says done with the same

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..errors import SmiteError
 from ..method.segment import SegmentConfig, segment_stream
+from ..method.was import WAS_VERSION
 from .record import VideoTask, new_entry, remove_leftovers, short_reason
 
 OVERLAYS = ("mp4", "gif")
@@ -38,7 +39,8 @@ class BatchSettings:
     def compared(self, embedding_sha256: str) -> dict:
         """The settings an output depends on, as JSON values (the backbone is pinned by the embedding)."""
         values = {"segment": asdict(self.config), "dtype": self.dtype, "prediction_type": self.prediction_type,
-                  "overlay": self.overlay, "edge_aware": self.edge_aware, "embedding_sha256": embedding_sha256}
+                  "overlay": self.overlay, "edge_aware": self.edge_aware, "embedding_sha256": embedding_sha256,
+                  "was_version": WAS_VERSION}
         return json.loads(json.dumps(values))
 
 

@@ -26,7 +26,10 @@ from ..model.backbone import Backbone
 from ..model.components import TEXT_LENGTH
 
 FORMAT = "smite-embedding"
-FORMAT_VERSION = 1
+# 2 (SMITE 0.2): learned with the WAS of docs/method.md 4, summed over the key index as the reference does (C17).
+# 1 (SMITE 0.1): learned with the WAS summed over the query index; such a file still loads, with a note
+# (:attr:`SegmentEmbedding.outdated`): its maps differ from what it was learned for, so learn it again.
+FORMAT_VERSION = 2
 MAX_SEGMENTS = TEXT_LENGTH - 1  # positions 1..76 can carry a segment token
 
 
@@ -44,6 +47,16 @@ class SegmentEmbedding:
     def num_segments(self) -> int:
         """K, background included."""
         return len(self.names)
+
+    @property
+    def outdated(self) -> str | None:
+        """A one-line note when this embedding was learned by SMITE before 0.2 (format version 1), else None."""
+        version = self.meta.get("format_version", FORMAT_VERSION)
+        if version >= FORMAT_VERSION:
+            return None
+        return (f"{self.meta.get('source', 'embedding')} was learned with the WAS of SMITE 0.1 (embedding format "
+                f"{version}); this SMITE's maps differ from those it was learned with: learn it again "
+                "(docs/changes.md)")
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise :class:`EmbeddingError` unless this embedding was learned on ``backbone``."""
@@ -77,9 +90,10 @@ class SegmentEmbedding:
         cast = (lambda t: t.detach().to("cpu", torch.float16)) if half else (lambda t: t.detach().to("cpu", torch.float32))
         tensors = {"tokens": cast(self.tokens).contiguous()}
         tensors.update({f"kv.{k}": cast(v).contiguous() for k, v in self.kv.items()})
-        meta = {k: v for k, v in self.meta.items() if k != "source"}
+        meta = {k: v for k, v in self.meta.items() if k not in ("source", "format_version")}
         metadata = {
-            "format": FORMAT, "format_version": str(FORMAT_VERSION), "num_segments": str(self.num_segments),
+            "format": FORMAT, "format_version": str(min(FORMAT_VERSION, self.meta.get("format_version", FORMAT_VERSION))),
+            "num_segments": str(self.num_segments),
             "names": json.dumps(self.names), "backbone_fingerprint": self.backbone_fingerprint,
             "meta": json.dumps(meta, default=str),
         }
@@ -131,7 +145,7 @@ class SegmentEmbedding:
                 raise EmbeddingError(f"{path}: tensor {name} is {t.dtype}, not floating point")
             if not torch.isfinite(t.float()).all():
                 raise EmbeddingError(f"{path}: tensor {name} holds NaN or infinite values")
-        meta["source"] = str(path)
+        meta.update(source=str(path), format_version=version)
         return cls(tokens=tokens.float(), names=names, backbone_fingerprint=fingerprint,
                    kv={n: v.float() for n, v in kv.items()}, meta=meta)
 

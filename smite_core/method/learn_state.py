@@ -23,7 +23,7 @@ from ..errors import InputError, reason
 from ..io.fileio import atomic_path
 
 FORMAT = "smite-learn-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SMITE 0.2's WAS (docs/method.md 4, C17); a version-1 state was learned with another one
 
 
 def run_key(backbone, references, config) -> str:
@@ -82,6 +82,13 @@ class LearnState:
         if metadata.get("format") != FORMAT:
             raise InputError(f"{self.path}: not a SMITE learning state (format {metadata.get('format')!r}); "
                              "it is left alone: choose another checkpoint path")
+        if metadata.get("format_version") != str(FORMAT_VERSION):
+            what = (f"{self.path}: learning state of format {metadata.get('format_version')!r}, made by another SMITE "
+                    f"version (this one resumes format {FORMAT_VERSION}; docs/changes.md)")
+            if self.replace_other_run:
+                self.say(f"{what}; starting afresh, it will be replaced")
+                return None
+            raise InputError(f"{what}; delete it, or pass --overwrite to start afresh and replace it")
         if metadata.get("key") != self.key:
             if self.replace_other_run:
                 self.say(f"{self.path}: learning state of another run (other references, settings or backbone); "

@@ -390,12 +390,15 @@ def segment_stream(backbone: Backbone, embedding: SegmentEmbedding, source, conf
 
     Out of memory in a window is not fatal: the window is retried with half the guidance sub-slice,
     then with half the window length (the rest of the video keeps the smaller setting), and
-    ``say(message)`` (default: a ``RuntimeWarning``) tells the user. Only a 1-frame window that still
+    ``say(message)`` (default: a ``RuntimeWarning``) tells the user; it also hears that an embedding
+    learned by SMITE before 0.2 is ``outdated``. Only a 1-frame window that still
     does not fit raises :class:`SmiteError`.
     """
     config = config or SegmentConfig()
     config.validate(backbone)
     embedding.check_backbone(backbone)
+    if embedding.outdated:
+        _tell(say, embedding.outdated)
     total = source.num_frames
     if total < 1:
         raise InputError("video: has no frames")
@@ -447,6 +450,14 @@ def _windows(runner: WindowRunner, source, latents: torch.Tensor | None, progres
         i += 1
 
 
+def _tell(say: Callable[[str], None] | None, message: str) -> None:
+    """``say(message)``, or a ``RuntimeWarning`` when there is no ``say``."""
+    if say is not None:
+        say(message)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def _retry_smaller(runner: WindowRunner, spans: list[tuple[int, int]], i: int, total: int, reason: str,
                    say: Callable[[str], None] | None) -> tuple[WindowRunner, list[tuple[int, int]]]:
     """After running out of memory on ``spans[i]``: a runner with the next smaller setting and the spans
@@ -458,11 +469,7 @@ def _retry_smaller(runner: WindowRunner, spans: list[tuple[int, int]], i: int, t
         raise SmiteError(f"out of memory on frame {span[0]} even with 1-frame windows ({reason}); "
                          "lower the working size or use another device")
     config, what = smaller
-    message = f"out of memory on frames {span[0]}-{span[1] - 1}; retrying with {what}"
-    if say is not None:
-        say(message)
-    else:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    _tell(say, f"out of memory on frames {span[0]}-{span[1] - 1}; retrying with {what}")
     if config.window != runner.config.window:  # this window and the rest of the video: shorter windows
         spans = spans[:i] + [(span[0] + a, span[0] + b)
                              for a, b in window_spans(total - span[0], config.window, config.overlap)]

@@ -4,11 +4,13 @@ From one UNet forward's :class:`~smite_core.model.attention.AttentionRecord`:
 
 - ``cross_attention_logits``: CA ``[F,K,h,w]``, the raw token logits averaged over heads and
   layers, resized to the self-attention resolution ``(h, w)`` (the latent's).
-- ``accumulate_self_attention``: ``A[f,k,q] = sum_p W[f,k,p] * SA_f[p,q]`` where ``SA_f`` is frame
-  f's self-attention (softmax over its own keys, averaged over heads and layers). The ``n x n``
-  matrix is never stored: it is formed in query chunks and reduced at once (and recomputed in the
+- ``accumulate_self_attention``: ``A[f,k,q] = sum_p SA_f[q,p] * W[f,k,p]`` where ``SA_f[q,p]`` is
+  frame f's self-attention of query pixel q on key pixel p (softmax over the keys p, averaged over
+  heads and layers): each pixel takes the weights of the pixels it attends to, summed over the key
+  index as in the reference implementation (docs/method.md 4, choice C17). The ``n x n`` matrix is
+  never stored: it is formed in query chunks, each giving those queries' maps (and recomputed in the
   backward pass when gradients are needed).
-- ``was_train`` (learning, L_MSE): ``W = softmax_K(CA)``, no rescaling.
+- ``was_train`` (learning, L_MSE): ``W = softmax_K(CA)``, no rescaling (each pixel's classes then sum to one).
 - ``was_inference`` (video, validation, energies): background logits thresholded at their mean,
   ``W = CA~`` (raw logits), then each class map linearly remapped into its logit range.
 - ``labels_from_was``: upsampling to the frame size (edge-aware when the frames are given,
@@ -23,6 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..model.attention import AttentionRecord
 
+# Which WAS this is: 2 sums over the key index (the reference's, since SMITE 0.2); 1 was SMITE 0.1's sum over the
+# query index. Outputs that depend on it record it (embedding files through their format version, batch records).
+WAS_VERSION = 2
 # Elements of one [F, heads, chunk, n] block of attention probabilities formed at a time.
 CHUNK_ELEMENTS = 1 << 25
 
@@ -37,16 +42,17 @@ def cross_attention_logits(record: AttentionRecord) -> torch.Tensor:
 
 
 def _chunk_product(weights: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """``sum_p weights[f,k,p] * softmax(q_p . k * scale)`` for one query chunk, summed over heads.
+    """``sum_p softmax(q_c . k * scale)[c,p] * weights[f,k,p]`` for one chunk of queries c, summed over heads.
 
-    ``weights [F,K,c]``, ``q [F,H,c,d]``, ``k [F,H,n,d]`` -> ``[F,K,n]``.
+    ``weights [F,K,n]``, ``q [F,H,c,d]``, ``k [F,H,n,d]`` -> ``[F,K,c]``.
     """
-    probs = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)  # [F,H,c,n]
-    return torch.einsum("fkc,fhcn->fkn", weights, probs)
+    probs = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)  # [F,H,c,n]: rows sum to one
+    return torch.einsum("fkn,fhcn->fkc", weights, probs)
 
 
 def accumulate_self_attention(weights: torch.Tensor, self_qk, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """``A = W . SA`` with SA averaged over heads and layers. ``weights [F,K,n]`` -> ``[F,K,n]``."""
+    """``A[f,k,q] = sum_p SA_f[q,p] W[f,k,p]`` with SA averaged over heads and layers. ``weights [F,K,n]`` ->
+    ``[F,K,n]``."""
     if not self_qk:
         raise ValueError("no self-attention maps were recorded")
     weights = weights.float()
@@ -54,19 +60,18 @@ def accumulate_self_attention(weights: torch.Tensor, self_qk, chunk_elements: in
     for q, k, scale in self_qk:
         frames, heads, n, _ = q.shape
         chunk = max(1, chunk_elements // max(1, frames * heads * n))
-        acc = weights.new_zeros(weights.shape[0], weights.shape[1], n)
+        differentiable = torch.is_grad_enabled() and (weights.requires_grad or q.requires_grad or k.requires_grad)
+        parts = []
         for start in range(0, n, chunk):
-            args = (weights[:, :, start:start + chunk], q[:, :, start:start + chunk], k, scale)
-            if torch.is_grad_enabled() and (weights.requires_grad or q.requires_grad or k.requires_grad):
-                acc = acc + checkpoint(_chunk_product, *args, use_reentrant=False)
-            else:
-                acc = acc + _chunk_product(*args)
-        total = total + acc / heads
+            args = (weights, q[:, :, start:start + chunk], k, scale)
+            parts.append(checkpoint(_chunk_product, *args, use_reentrant=False) if differentiable
+                         else _chunk_product(*args))
+        total = total + torch.cat(parts, dim=2) / heads
     return total / len(self_qk)
 
 
 def was_train(record: AttentionRecord) -> torch.Tensor:
-    """Training WAS ``[F,K,h,w]``: ``softmax_K(CA) . SA`` (docs/method.md 4.1), differentiable."""
+    """Training WAS ``[F,K,h,w]``: ``A[k,q] = sum_p SA[q,p] softmax_K(CA)[k,p]`` (docs/method.md 4.1), differentiable."""
     ca = cross_attention_logits(record)
     frames, k, h, w = ca.shape
     weights = torch.softmax(ca, dim=1).reshape(frames, k, h * w)

@@ -449,7 +449,8 @@ def self_attention_losses(probs: torch.Tensor, seg: torch.Tensor) -> tuple[torch
 
     Grouping: ``-log`` of the mass each pixel gives its own region, averaged per region, then over
     regions (small parts count as much as the background). Column: the variance of the attention
-    each key receives (rows sum to 1; a few keys drawing most of it would dominate SMITE's WAS).
+    each key receives (rows sum to 1; a few keys drawing most of it would carry their weights into most
+    pixels' WAS).
     """
     losses = []
     for b in range(seg.shape[0]):
@@ -480,15 +481,16 @@ def cross_attention_loss(ca: torch.Tensor, seg: torch.Tensor, positions: list[di
 
 def was_inference_loss(ca: torch.Tensor, probs: torch.Tensor, seg: torch.Tensor,
                        positions: list[dict[int, int]]) -> torch.Tensor:
-    """Weighted cross-entropy of SMITE's *inference* WAS (``was.was_inference``: thresholded
-    background, ``CA~ . SA``, remapped into each token's logit range) against the regions."""
+    """Weighted cross-entropy of SMITE's *inference* WAS (``was.was_inference``: thresholded background
+    weights ``W``, ``A[c,q] = sum_p SA[q,p] W[c,p]`` summed over the key index, remapped into each token's
+    logit range) against the regions. ``probs [B,n,n]`` is ``SA`` as ``[query, key]``."""
     losses = []
     for b, cols, target, w in _named_regions(seg, positions):
         flat = ca[b, cols].flatten(1)  # [C,n]
         low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
         bg = flat[:1]
         weights = torch.cat([bg * (bg > bg.mean()).float(), flat[1:]])
-        acc = weights @ probs[b]
+        acc = weights @ probs[b].T  # sum over the key index (docs/method.md 4)
         lo_acc, hi_acc = acc.amin(1, keepdim=True), acc.amax(1, keepdim=True)
         unit = (acc - lo_acc) / (hi_acc - lo_acc).clamp_min(1e-6)
         was = unit * (high - low) + low
