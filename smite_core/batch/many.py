@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..errors import InputError, SmiteError
 from ..io.fileio import TEMPORARY_NAME, check_writable
+from ..io.mattes import MatteSettings
 from ..method.segment import SegmentConfig
 from .local_pool import InProcess, LocalPool
 from .lock import LOCK_FILE, FolderLock
@@ -39,15 +40,16 @@ DEFAULT_WORKERS = 1  # without Ray: videos one after another in this process
 
 def segment_many(videos, embedding: str | os.PathLike, out: str | os.PathLike, config: SegmentConfig | None = None, *,
                  model: str = "tiny", device: str = "auto", dtype: str = "auto", prediction_type: str | None = None,
-                 overlay: str | None = "mp4", edge_aware: bool = True, workers: int | None = None,
+                 overlay: str | None = "mp4", edge_aware: bool = True, mattes: MatteSettings | None = None,
+                 workers: int | None = None,
                  ray: str | None = None, gpus_per_video: float = DEFAULT_GPUS, overwrite: bool = False,
                  say: Callable[[str], None] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> BatchResult:
     """Segment many videos with one embedding into ``out`` (see the module documentation).
 
     ``videos``: paths, glob patterns or ``.txt`` lists (:func:`find_videos`). ``config``, ``model``,
-    ``device``, ``dtype``, ``prediction_type``, ``overlay`` (``"mp4"``, ``"gif"`` or None) and
-    ``edge_aware``: as ``smite segment``. ``workers``: processes (default ``DEFAULT_WORKERS``: this one) or,
+    ``device``, ``dtype``, ``prediction_type``, ``overlay`` (``"mp4"``, ``"gif"`` or None), ``edge_aware`` and
+    ``mattes`` (``io.mattes.MatteSettings``): as ``smite segment``. ``workers``: processes (default ``DEFAULT_WORKERS``: this one) or,
     with ``ray``, Ray actors (default: one per ``gpus_per_video`` GPUs or per CPU of the cluster). ``ray``:
     ``"auto"`` or a cluster address. ``overwrite``: redo every video (and accept a record made with other settings).
     ``say(line)`` hears one line per video; ``progress(done, total)`` is called after each video.
@@ -59,7 +61,8 @@ def segment_many(videos, embedding: str | os.PathLike, out: str | os.PathLike, c
     ``workers > 1`` need the ``if __name__ == "__main__":`` guard.
     """
     say = say or (lambda line: None)
-    settings = BatchSettings(config or SegmentConfig(), str(model), device, dtype, prediction_type, overlay, edge_aware)
+    settings = BatchSettings(config or SegmentConfig(), str(model), device, dtype, prediction_type, overlay, edge_aware,
+                             mattes or MatteSettings())
     _check_options(settings, workers, ray, gpus_per_video)
     out = check_writable(out, True, "folder")
     tasks = plan_tasks(find_videos(videos, exclude=out), out)
@@ -111,6 +114,7 @@ def _make_folder(out: Path) -> list[Path]:
 
 def _check_options(settings: BatchSettings, workers, ray, gpus_per_video) -> None:
     settings.config.validate()
+    settings.mattes.validate()
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise InputError(f"--workers: must be an integer >= 1 (got {workers})")
     if not isinstance(gpus_per_video, (int, float)) or not 0 <= gpus_per_video < float("inf"):

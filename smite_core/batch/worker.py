@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SmiteError
+from ..io.mattes import MatteSettings
 from ..method.segment import SegmentConfig, segment_stream
 from ..method.was import WAS_VERSION
 from .record import VideoTask, new_entry, remove_leftovers, short_reason
@@ -35,12 +36,13 @@ class BatchSettings:
     prediction_type: str | None = None
     overlay: str | None = "mp4"
     edge_aware: bool = True
+    mattes: MatteSettings = field(default_factory=MatteSettings)
 
     def compared(self, embedding_sha256: str) -> dict:
         """The settings an output depends on, as JSON values (the backbone is pinned by the embedding)."""
         values = {"segment": asdict(self.config), "dtype": self.dtype, "prediction_type": self.prediction_type,
                   "overlay": self.overlay, "edge_aware": self.edge_aware, "embedding_sha256": embedding_sha256,
-                  "was_version": WAS_VERSION}
+                  "was_version": WAS_VERSION, "mattes": asdict(self.mattes)}
         return json.loads(json.dumps(values))
 
 
@@ -68,7 +70,7 @@ def segment_video(backbone, embedding, task: VideoTask, settings: BatchSettings,
             maps = segment_stream(backbone, embedding, source, settings.config, say=notes.append,
                                   interrupt=interrupt if cancelled is not None else None)
             summary = export_segmentation(out, maps, source, embedding.names, overlay_format=settings.overlay,
-                                          overwrite=True, edge_aware=settings.edge_aware)
+                                          overwrite=True, edge_aware=settings.edge_aware, mattes=settings.mattes)
     except SmiteError as err:
         return new_entry("failed", seconds=time.perf_counter() - started, error=str(err), notes=notes)
     except Exception as err:  # noqa: BLE001 - one video's unexpected failure never stops the others

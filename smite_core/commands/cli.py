@@ -50,6 +50,16 @@ def _segment_config(args):
                          guide_steps=args.guide_steps, guide_iters=args.guide_iters)
 
 
+def _matte_settings(args):
+    """``io.mattes.MatteSettings`` of ``--mattes`` and its options, checked (one line, before any work)."""
+    from ..io.mattes import MatteSettings
+
+    settings = MatteSettings(formats=tuple(args.mattes or ()), kind=args.matte_kind, start_frame=args.start_frame,
+                             frame_padding=args.frame_padding, exr_compression=args.exr_compression)
+    settings.validate()
+    return settings
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -109,6 +119,7 @@ def cmd_segment(args) -> int:
     check_writable(args.out, args.overwrite, "folder")
     config = _segment_config(args)
     config.validate()
+    mattes = _matte_settings(args)
     embedding = SegmentEmbedding.load(args.embedding)
     with open_frames(args.video) as source:
         _say(f"{source.num_frames} frame(s) of {source.width}x{source.height}; segments: {', '.join(embedding.names)}")
@@ -120,9 +131,10 @@ def cmd_segment(args) -> int:
                               say=lambda message: _say(f"note: {message}"))
         overlay = _overlay_format(args)
         summary = export_segmentation(args.out, maps, source, embedding.names, overlay_format=overlay,
-                                      overwrite=args.overwrite, edge_aware=not args.no_edge_aware)
+                                      overwrite=args.overwrite, edge_aware=not args.no_edge_aware, mattes=mattes)
     _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
-         + (f" and {summary['overlay']}" if summary["overlay"] else ""))
+         + (f" and {summary['overlay']}" if summary["overlay"] else "")
+         + (f"; mattes ({', '.join(mattes.formats)}) beside them" if mattes.formats else ""))
     return 0
 
 
@@ -132,7 +144,7 @@ def cmd_batch(args) -> int:
     try:
         result = segment_many(args.videos, args.embedding, args.out, _segment_config(args), model=args.model,
                               device=args.device, dtype=args.dtype, prediction_type=args.prediction_type,
-                              overlay=_overlay_format(args),
+                              overlay=_overlay_format(args), mattes=_matte_settings(args),
                               edge_aware=not args.no_edge_aware, workers=args.workers, ray=args.ray,
                               gpus_per_video=args.gpus_per_video, overwrite=args.overwrite, say=_say)
     except KeyboardInterrupt:  # segment_many has said what is done and that the same command resumes
@@ -487,6 +499,25 @@ def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-edge-aware", action="store_true",
                    help="upsample the maps bilinearly (the paper's way) instead of along the frame's edges")
     _add_overlay_arg(p)
+    _add_matte_args(p)
+
+
+def _add_matte_args(p: argparse.ArgumentParser) -> None:
+    """``--mattes`` and its options (read back by ``_matte_settings``; defaults from ``MatteSettings``)."""
+    from ..io.mattes import EXR_COMPRESSIONS, EXR_INSTALL, MATTE_FORMATS, MATTE_KINDS, MatteSettings
+
+    d = MatteSettings()
+    p.add_argument("--mattes", action="append", choices=MATTE_FORMATS, default=None,
+                   help="also write mattes for compositing, repeatable: png8 / png16 (mattes/<part>/<frame>.png, "
+                        "greyscale) and exr (exr/<frame>.exr, one half-float layer <part>.A per part; needs "
+                        f"OpenEXR: {EXR_INSTALL}) (default: none)")
+    p.add_argument("--matte-kind", choices=MATTE_KINDS, default=d.kind,
+                   help=f"soft: each part's probability (a pixel's parts sum to full white); hard: the label map's "
+                        f"parts (default {d.kind})")
+    _config_option(p, MatteSettings, "start_frame", "frame number of the first frame in the matte file names")
+    _config_option(p, MatteSettings, "frame_padding", "digits of the frame number in the matte file names")
+    p.add_argument("--exr-compression", choices=EXR_COMPRESSIONS, default=d.exr_compression,
+                   help=f"compression of the EXR files (default {d.exr_compression})")
 
 
 def _add_batch_parser(sub) -> None:
