@@ -136,6 +136,10 @@ def test_smite_segment_and_smite_batch_write_the_same_mattes(tmp_path, tiny_back
         if not name.endswith(".json"):
             assert (one / name).read_bytes() == (many / name).read_bytes(), name
     capsys.readouterr()
+    batch_args = ["batch", "--videos", str(video), "--embedding", str(embedding), "--out", str(tmp_path / "many")]
+    assert main([*batch_args, *options]) == 0 and "1 complete from an earlier run" in capsys.readouterr().err
+    assert main([*batch_args, *options, "--matte-kind", "hard"]) == 2  # other mattes: not resumed into
+    assert "other settings (matte_kind)" in capsys.readouterr().err
     assert main(["segment", "--video", str(video), "--embedding", str(embedding), "--out", str(tmp_path / "bad"),
                  "--mattes", "png8", "--frame-padding", "0"]) == 2
     err = capsys.readouterr().err.strip()

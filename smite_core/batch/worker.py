@@ -42,7 +42,11 @@ class BatchSettings:
         """The settings an output depends on, as JSON values (the backbone is pinned by the embedding)."""
         values = {"segment": asdict(self.config), "dtype": self.dtype, "prediction_type": self.prediction_type,
                   "overlay": self.overlay, "edge_aware": self.edge_aware, "embedding_sha256": embedding_sha256,
-                  "was_version": WAS_VERSION, "mattes": asdict(self.mattes)}
+                  "was_version": WAS_VERSION}
+        if self.mattes.formats:  # named as the options; nothing when no mattes are written (older records resume)
+            m = self.mattes
+            values["mattes"] = {"mattes": list(m.formats), "matte_kind": m.kind, "start_frame": m.start_frame,
+                                "frame_padding": m.frame_padding, "exr_compression": m.exr_compression}
         return json.loads(json.dumps(values))
 
 

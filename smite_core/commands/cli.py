@@ -509,7 +509,7 @@ def _add_matte_args(p: argparse.ArgumentParser) -> None:
     d = MatteSettings()
     p.add_argument("--mattes", action="append", choices=MATTE_FORMATS, default=None,
                    help="also write mattes for compositing, repeatable: png8 / png16 (mattes/<part>/<frame>.png, "
-                        "greyscale) and exr (exr/<frame>.exr, one half-float layer <part>.A per part; needs "
+                        "greyscale; with both: mattes_8bit/ and mattes_16bit/) and exr (exr/<frame>.exr, one half-float layer <part>.A per part; needs "
                         f"OpenEXR: {EXR_INSTALL}) (default: none)")
     p.add_argument("--matte-kind", choices=MATTE_KINDS, default=d.kind,
                    help=f"soft: each part's probability (a pixel's parts sum to full white); hard: the label map's "

@@ -1,8 +1,10 @@
 """Mattes a compositor reads: one greyscale PNG sequence per part, and one multi-layer EXR per frame.
 
-- ``png8`` / ``png16``: ``mattes/<part>/<frame>.png``, 8- or 16-bit greyscale. ``soft`` mattes are the part's
+- ``png8`` / ``png16``: ``mattes/<part>/<frame>.png`` (with both: ``mattes_8bit/`` and ``mattes_16bit/``), 8- or
+  16-bit greyscale. ``soft`` mattes are the part's
   probability (0..1 scaled to 255 or 65535); the parts of one pixel always sum to exactly 255 or 65535
-  (:func:`quantized_partition`: each value rounded down, the rest given to the largest remainders). ``hard``
+  (:func:`quantized_partition`: each value rounded down, the rest given to the largest remainders, a tie to the
+  lower segment id, so a 16-bit argmax may differ from the label map at exact ties). ``hard``
   mattes are the label map's part as 0 or full white.
 - ``exr``: ``exr/<frame>.exr``, half float, one layer per part with its matte in the channel ``<part>.A``
   (Nuke, Resolve and Blender show each as a layer holding an alpha channel; Cryptomatte-style "every part its
@@ -98,7 +100,7 @@ def quantized_partition(probs: np.ndarray, total: int) -> np.ndarray:
     pixel: rounded down, then one more for the pixel's largest remainders (uint8 for 255, else uint16)."""
     scaled = np.asarray(probs, dtype=np.float64) * total
     base = np.floor(scaled)
-    missing = (total - base.sum(axis=0)).round().astype(np.int64)  # 0..K-1 per pixel
+    missing = np.clip((total - base.sum(axis=0)).round(), 0, len(probs)).astype(np.int64)  # 0..K-1 per pixel
     order = np.argsort(-(scaled - base), axis=0, kind="stable")  # largest remainder first
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(len(probs))[:, None, None], axis=0)

@@ -69,6 +69,7 @@ def export_segmentation(out_dir: str | os.PathLike, maps: Iterable[tuple[int, to
                     writer.write(overlay(frame, labels[None], names=names))
                 if matte_writer is not None:
                     matte_writer.write(index, scores.numpy(), labels.numpy())
+            del scores  # [K,H,W] at the frame size: never two alive at once
             written += 1
     return {"frames": written, "labels": str(out_dir / "labels"),
             "overlay": str(out_dir / overlay_name) if overlay_name else None, "label_counts": counts.tolist()}
