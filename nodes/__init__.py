@@ -15,7 +15,7 @@ from .host import register_model_folders
 
 log = logging.getLogger(__name__)
 
-NODE_MODULES = ("model", "comfy_model", "references", "embedding", "segment", "guides", "masks", "examples")
+NODE_MODULES = ("model", "comfy_model", "references", "embedding", "segment", "stream", "guides", "masks", "examples")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

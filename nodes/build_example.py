@@ -1,4 +1,5 @@
-"""Rebuild the bundled example embedding ``example_inputs/smite_example_car.safetensors``.
+"""Rebuild the bundled example embedding ``example_inputs/smite_example_car.safetensors`` and the example clip
+``example_inputs/smite_example_car.mp4`` (template 5's Load Video).
 
 Run from the pack folder whenever the embedded backbone changes (the tests say so)::
 
@@ -32,7 +33,20 @@ from .examples import (
 )
 from .host import EXAMPLE_DIR
 
-__all__ = ["EXAMPLE_EMBEDDING", "build_example_embedding"]
+__all__ = ["EXAMPLE_CLIP", "EXAMPLE_EMBEDDING", "build_example_clip", "build_example_embedding"]
+
+EXAMPLE_CLIP = "smite_example_car.mp4"
+CLIP_FRAMES, CLIP_FPS = 24, 12  # the clip: the example video of workflow 1, longer, at its frame rate
+
+
+def build_example_clip(path) -> str:
+    """Write the example clip: the procedural car video of the examples as H.264."""
+    from smite_core.io.video_io import open_video_writer
+
+    video = procedural.make_video(EXAMPLE_CATEGORY, EXAMPLE_VARIANT, CLIP_FRAMES, (EXAMPLE_SIZE, EXAMPLE_SIZE))
+    with open_video_writer(path, fps=CLIP_FPS, overwrite=True) as writer:
+        writer.write(video.frames)
+    return str(path)
 
 
 def build_example_embedding(path, steps: int = EXAMPLE_STEPS, overwrite: bool = True):
@@ -56,7 +70,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     path = build_example_embedding(args.out, steps=args.steps)
-    sys.stdout.write(f"wrote {path}\n")
+    clip = build_example_clip(os.path.join(os.path.dirname(os.path.abspath(args.out)), EXAMPLE_CLIP))
+    sys.stdout.write(f"wrote {path} and {clip}\n")
     return 0
 
 

@@ -366,3 +366,61 @@ def unload_models(model, vae) -> None:
         if any(loaded.model is p for p in patchers) and loaded.model_unload():
             mm.current_loaded_models.remove(loaded)
     mm.soft_empty_cache()
+
+
+# ----------------------------------------------------------------------------- output folder, VIDEO values
+
+
+def output_directory() -> str:
+    """ComfyUI's output folder (``--output-directory`` honoured); outside ComfyUI ``./output``."""
+    folder_paths = comfy("folder_paths")
+    if folder_paths is not None:
+        return folder_paths.get_output_directory()
+    return os.path.join(os.getcwd(), "output")
+
+
+def _video_from_file_class():
+    """ComfyUI's ``VideoFromFile`` class, or None outside ComfyUI."""
+    impl = comfy("comfy_api.latest._input_impl") or comfy("comfy_api.input_impl")
+    return getattr(impl, "VideoFromFile", None)
+
+
+class FileVideo:
+    """Outside ComfyUI: a video file as a VIDEO value (the parts of ComfyUI's ``VideoInput`` the pack and the
+    graph runner use)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def get_stream_source(self) -> str:
+        return self.path
+
+    def save_to(self, path: str, **_) -> None:
+        import shutil
+
+        shutil.copyfile(self.path, path)
+
+    def __repr__(self) -> str:
+        return f"FileVideo({self.path!r})"
+
+
+def video_from_file(path: str):
+    """A VIDEO value for a video file: ComfyUI's ``VideoFromFile`` inside ComfyUI (for Save Video, Preview,
+    Get Video Components), :class:`FileVideo` outside it."""
+    from_file = _video_from_file_class()
+    return from_file(path) if from_file is not None else FileVideo(path)
+
+
+def video_stream(video):
+    """How to read a VIDEO without decoding it whole: ``("stream", path or BytesIO, None)`` for a video ComfyUI
+    holds as a file (``VideoFromFile``, e.g. from core Load Video), else ``("frames", images [T,H,W,C], fps)`` from
+    its components (``VideoFromComponents``: already frames in memory, so nothing is encoded again)."""
+    from_file = _video_from_file_class()
+    if isinstance(video, FileVideo) or (from_file is not None and isinstance(video, from_file)):
+        return "stream", video.get_stream_source(), None
+    if hasattr(video, "get_components"):
+        components = video.get_components()
+        return "frames", components.images, float(components.frame_rate)
+    if hasattr(video, "get_stream_source"):
+        return "stream", video.get_stream_source(), None
+    raise InputError(f"video: expected a VIDEO (e.g. from Load Video), got {type(video).__name__}")

@@ -57,6 +57,20 @@ def make_config(fields: dict) -> SegmentConfig:
     return config
 
 
+def guided_config(size, timesteps, seed, inflate, window, overlap, guide_steps, track_vote=None,
+                  low_pass=None) -> SegmentConfig:
+    """The SegmentConfig of a segmentation node's widgets and its optional TrackVote / LowPassGuide wires. With no
+    guide connected it is the plain inflated UNet (no tracking, voting or latent updates)."""
+    fields = {"window": int(window), "overlap": int(overlap), "inflate": bool(inflate), "size": size,
+              "timesteps": tuple(timesteps), "seed": int(seed), "tracker": NO_TRACKING, "track_weight": 0.0,
+              "lowpass_weight": 0.0, "vote_output": False, "guide_steps": int(guide_steps)}
+    if track_vote is not None:
+        fields.update(track_vote.config_fields())
+    if low_pass is not None:
+        fields.update(low_pass.config_fields())
+    return make_config(fields)
+
+
 def planned_unet_passes(config: SegmentConfig, num_frames: int) -> int:
     """The UNet passes ``segment_stream`` makes for ``num_frames`` frames: one reference pass per window,
     plus per guided step ``guide_iters`` passes per sub-slice of ``guide_slice`` frames and one after it."""
@@ -73,16 +87,17 @@ def planned_unet_passes(config: SegmentConfig, num_frames: int) -> int:
 class PassProgress(Profiler):
     """ComfyUI's progress bar over UNet passes: the profiler hears a ``unet`` stage for every pass
     (reference passes, guidance iterations), and each finished pass moves the bar (an interrupt point
-    too). The total grows if the run makes more passes than planned (an out-of-memory retry)."""
+    too). The total grows if the run makes more passes than planned (an out-of-memory retry). ``steps``: the
+    stages that count (``write``, too, when each frame written to disk is a step of the bar)."""
 
-    def __init__(self, total: int):
-        self.total, self.done = max(1, int(total)), 0
+    def __init__(self, total: int, steps: tuple[str, ...] = ("unet",)):
+        self.total, self.done, self.steps = max(1, int(total)), 0, steps
         self.report = host.progress(self.total)
 
     @contextlib.contextmanager
     def stage(self, name: str, items: int = 0):
         yield
-        if name == "unet":
+        if name in self.steps:
             self.done += 1
             self.total = max(self.total, self.done)
             self.report(self.done, self.total)
@@ -206,16 +221,8 @@ class InflatedUNetSegment:
                 guide_steps=DEFAULTS.guide_steps, track_vote=None, low_pass=None):
         if latent.fingerprint != model.fingerprint:
             raise InputError("latent: it was made with another backbone; invert the video with this model")
-        fields = {"window": int(window), "overlap": int(overlap), "inflate": bool(inflate), "size": latent.size,
-                  "timesteps": latent.timesteps, "seed": latent.seed,
-                  # no guide connected: the plain inflated UNet (no tracking, voting or latent updates)
-                  "tracker": NO_TRACKING, "track_weight": 0.0, "lowpass_weight": 0.0, "vote_output": False,
-                  "guide_steps": int(guide_steps)}
-        if track_vote is not None:
-            fields.update(track_vote.config_fields())
-        if low_pass is not None:
-            fields.update(low_pass.config_fields())
-        config = make_config(fields)
+        config = guided_config(latent.size, latent.timesteps, latent.seed, inflate, window, overlap, guide_steps,
+                               track_vote, low_pass)
         total = latent.num_frames
         bar = PassProgress(planned_unet_passes(config, total))  # moves after every UNet pass
         started = time.perf_counter()

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import torch
 
-from smite_core.errors import InputError
 from smite_core.method.segment import SegmentConfig
 from smite_core.model.backbone import Backbone
 
@@ -146,19 +145,11 @@ class Segments:
 
     def segment_index(self, choice: str) -> int | None:
         """Index of a segment given by name (any case) or number; ``None`` for ``all`` (every non-background)."""
-        text = str(choice).strip()
-        if text.lower() in ("all", "*", "foreground"):
+        from smite_core.io.mattes import part_index
+
+        if str(choice).strip().lower() in ("all", "*", "foreground"):
             return None
-        lowered = [n.lower() for n in self.names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        if text.lstrip("-").isdigit():
-            index = int(text)
-            if 0 <= index < len(self.names):
-                return index
-            raise InputError(f"segment: index {index} outside 0..{len(self.names) - 1} "
-                             f"({', '.join(f'{i}={n}' for i, n in enumerate(self.names))})")
-        raise InputError(f"segment: {text!r} is not one of {', '.join(self.names)} (or an index, or 'all')")
+        return part_index(self.names, choice, "segment", ", or 'all'")
 
     def probabilities(self, index: int | None, start: int, stop: int) -> torch.Tensor:
         """Soft mask float32 ``[n,H,W]`` of frames ``start..stop-1``: the softmax probability of segment

@@ -20,15 +20,14 @@ REAL_COMFYUI_TESTS = ("test_comfy_server.py", "test_comfy_browser.py")
 
 
 def _comfyui_required() -> bool:
-    """The real-ComfyUI tests must run, not skip: ``SMITE_REQUIRE_COMFYUI=1`` (tools/comfyui_tests.sh sets it), or
-    CI with a ComfyUI given."""
-    return os.environ.get("SMITE_REQUIRE_COMFYUI") == "1" or (
-        os.environ.get("CI") == "true" and bool(os.environ.get("COMFYUI_PATH")))
+    """The real-ComfyUI tests must run, not skip: ``SMITE_REQUIRE_COMFYUI=1`` (tools/comfyui_tests.sh sets it)."""
+    return os.environ.get("SMITE_REQUIRE_COMFYUI") == "1"
 
 
 def _comfyui_deferred() -> bool:
-    """In CI without a ComfyUI (the README's test command): .ci/run runs these tests next, in a real ComfyUI."""
-    return os.environ.get("CI") == "true" and not _comfyui_required()
+    """In .ci/run's README command (``SMITE_COMFYUI_NEXT=1``, without a ComfyUI): its next step runs these tests in
+    a real ComfyUI. Keyed on .ci/run's own variable, not on ``CI``, which every CI service sets for every job."""
+    return os.environ.get("SMITE_COMFYUI_NEXT") == "1" and not _comfyui_required()
 
 
 def _comfyui_version(path: str) -> str:

@@ -152,6 +152,29 @@ class SaveVideo(_Core):
         return {"ui": {"videos": [str(path)]}}
 
 
+class LoadVideo(_Core):
+    """Core Load Video: a file of ComfyUI's input folder (here the pack's example_inputs/ and ``INPUT_DIR``) as a
+    VIDEO that streams from its file (ComfyUI's ``VideoFromFile``, as far as the pack reads it)."""
+
+    INPUT_DIR: Path | None = None
+
+    @classmethod
+    def _folders(cls) -> list[Path]:
+        return [p for p in (cls.INPUT_DIR, ROOT / "example_inputs") if p is not None and p.is_dir()]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = sorted({f.name for folder in cls._folders() for f in folder.iterdir() if f.suffix in (".mp4", ".mov")})
+        return {"required": {"file": (files, {"video_upload": True})}}
+
+    RETURN_TYPES = ("VIDEO",)
+    FUNCTION = "execute"
+
+    def execute(self, file):
+        path = next(folder / file for folder in self._folders() if (folder / file).is_file())
+        return (SimpleNamespace(get_stream_source=lambda: str(path)),)
+
+
 class PreviewAny(_Core):
     @classmethod
     def INPUT_TYPES(cls):
@@ -243,8 +266,8 @@ class CheckpointLoaderSimple(_Core):
         return comfy_objects(Path(self.FILES[ckpt_name]))
 
 
-CORE_NODES = {cls.__name__: cls for cls in (SaveImage, PreviewImage, MaskToImage, CreateVideo, SaveVideo, PreviewAny,
-                                            CheckpointLoaderSimple)}
+CORE_NODES = {cls.__name__: cls for cls in (SaveImage, PreviewImage, MaskToImage, CreateVideo, SaveVideo, LoadVideo,
+                                            PreviewAny, CheckpointLoaderSimple)}
 
 
 # ----------------------------------------------------------------------------- API format
@@ -399,9 +422,16 @@ def _is_widget(entry) -> bool:
 
 
 def _widget_slots(entry, name) -> int:
+    """Values a widget saves in the UI format: 2 with a control after generate or an upload button (whose
+    value, "image", the frontend saves too), else 1."""
     options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
     control = options.get("control_after_generate", name in ("seed", "noise_seed"))
-    return 2 if control else 1
+    return 2 if control or _upload(entry) else 1
+
+
+def _upload(entry) -> bool:
+    options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+    return any(options.get(key) for key in ("image_upload", "video_upload"))
 
 
 def _inputs_in_order(info: dict) -> list[tuple[str, list, bool]]:
@@ -453,7 +483,7 @@ def api_to_ui(api: dict, infos: dict, previous: dict | None = None) -> dict:
                     value = options.get("default", entry[0][0] if isinstance(entry[0], list) else None)
                 widgets.append(value)
                 if _widget_slots(entry, name) == 2:
-                    widgets.append("fixed")
+                    widgets.append("image" if _upload(entry) else "fixed")
                 continue
             item = {"name": name, "type": entry[0], "link": None, "_from": value if _is_link(value) else None}
             if optional:

@@ -142,6 +142,21 @@ CATALOGUE = [
      "library", "test_video_io.py::test_writer_is_atomic_and_refuses_existing"),
     ("only safetensors written; nothing unpickled", "no torch.save/pickle/np.save in the code; outputs open "
      "with safe_open", "library", "test_only_safetensors_are_written"),
+    ("disk full mid-run (Segment Video To Files, export_segmentation)", "one line 'writing failed (No space left on "
+     "device); nothing was kept'; the partial folder removed", "nodes",
+     "test_stream.py::test_a_full_disk_mid_run_removes_the_partial_folder"),
+    ("output folder name with '/', '\\', '..', a drive or a leading '.'", "refused at validation and at run time, "
+     "nothing written", "nodes", "test_stream.py::test_an_output_name_that_leaves_the_folder_is_refused"),
+    ("VIDEO that cannot be decoded, has no frames, or changes frame size mid-way; an empty VideoFromComponents",
+     "one line naming the video, nothing written", "nodes",
+     "test_stream.py::test_bad_videos_are_one_line_and_leave_nothing"),
+    ("a video file whose frame size changes mid-way", "InputError naming the frame and both sizes", "library",
+     "test_stream.py::test_a_variable_frame_size_stops_the_cli_in_one_line_too"),
+    ("part names with accents, non-Latin letters, Windows device names, 300 characters, repeats",
+     "safe distinct file names, the mapping in segments.json", "library",
+     "test_mattes.py::test_part_names_lose_accents_length_and_reserved_names"),
+    ("matte frame numbers longer than --frame-padding; --matte-video naming no segment", "refused in one line "
+     "before writing", "library", "test_mattes.py::test_frame_numbers_that_outgrow_the_padding_are_refused_before_writing"),
     # ---- interrupts and memory
     ("learning interrupted (with a learning-state file)", "resumable state saved; resuming gives the same result; "
      "another run's state refused", "library", "test_interrupted_learning_resumes_exactly"),
@@ -523,7 +538,8 @@ def test_nodes_single_odd_frame(nodes, model, embedding):
     with torch.inference_mode():
         latent = nodes["SMITE_InvertVideo"].invert(model, frame, size=SIZE)[0]
         segments = nodes["SMITE_InflatedUNetSegment"].segment(model, embedding, latent)[0]
-        mask, label_map, painted = nodes["SMITE_MaskToVideo"].convert(segments, "all")
+        (mask,) = nodes["SMITE_MaskToVideo"].convert(segments, "all")
+        (painted,) = nodes["SMITE_Overlay"].paint(segments)
     assert latent.num_frames == 1 and mask.shape == (1, 13, 7) and painted.shape == (1, 13, 7, 3)
 
 

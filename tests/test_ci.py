@@ -42,7 +42,8 @@ def test_a_missing_browser_is_one_line(tmp_path):
 
 
 def _pytest(test_file: str, **env):
-    full = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "SMITE_REQUIRE_COMFYUI", "CI")}
+    full = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "SMITE_REQUIRE_COMFYUI", "CI",
+                                                            "SMITE_COMFYUI_NEXT")}
     full.update(env)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/{test_file}"],
                           capture_output=True, text=True, env=full, cwd=ROOT, timeout=300)
@@ -52,7 +53,9 @@ def test_real_comfyui_tests_skip_for_users_and_never_skip_where_required():
     user = _pytest("test_comfy_server.py")  # a user's run without ComfyUI: skipped, as before
     count = int(re.search(r"(\d+) skipped", user.stdout)[1])
     assert user.returncode == 0 and count >= 10 and "failed" not in user.stdout and "passed" not in user.stdout
-    readme_in_ci = _pytest("test_comfy_server.py", CI="true")  # the README's command in CI: left to the next step
+    another_ci = _pytest("test_comfy_server.py", CI="true")  # a CI service's job that is not .ci/run: skipped
+    assert another_ci.returncode == 0 and f"{count} skipped" in another_ci.stdout
+    readme_in_ci = _pytest("test_comfy_server.py", SMITE_COMFYUI_NEXT="1")  # .ci/run's README command: next step
     assert readme_in_ci.returncode == 5 and f"{count} deselected" in readme_in_ci.stdout
     assert f"real-ComfyUI tests: {count} deselected here; .ci/run runs them next" in readme_in_ci.stdout
     required = _pytest("test_comfy_server.py", SMITE_REQUIRE_COMFYUI="1")  # tools/comfyui_tests.sh without ComfyUI

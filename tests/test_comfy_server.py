@@ -34,7 +34,8 @@ PACK_NAME = "smite-segment"
 EXPECTED = {"SMITE_ModelLoader", "SMITE_ModelFromCheckpoint", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding",
             "SMITE_SaveEmbedding",
             "SMITE_LoadEmbedding", "SMITE_InvertVideo", "SMITE_InflatedUNetSegment", "SMITE_TrackVote",
-            "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LoadExample"}
+            "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LabelMapImage", "SMITE_Overlay", "SMITE_LoadExample",
+            "SMITE_SegmentVideoToFiles"}
 TIMEOUT = float(os.environ.get("SMITE_SERVER_TIMEOUT", "1800"))
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # the name core templates use; here random weights
 LORA = "smite_test_lora.safetensors"
@@ -139,9 +140,8 @@ def smite_graph(tag: str, source: str, lora: bool = False, checkpoint: str = CHE
         "9": {"class_type": "SMITE_InflatedUNetSegment", "inputs": {"model": ["4", 0], "embedding": ["6", 0],
                                                                     "latent": ["8", 0], "inflate": True, "window": 4,
                                                                     "overlap": 2, "guide_steps": 0}},
-        "10": {"class_type": "SMITE_MaskToVideo", "inputs": {"segments": ["9", 0], "segment": "all", "soft": False,
-                                                             "overlay_alpha": 0.5}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 1], "filename_prefix": f"labels_{tag}"}},
+        "10": {"class_type": "SMITE_LabelMapImage", "inputs": {"segments": ["9", 0]}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": f"labels_{tag}"}},
     }
     if source == "comfy":
         model = ["2", 0]
@@ -182,6 +182,7 @@ class Server:
         os.symlink(ROOT, base / "custom_nodes" / PACK_NAME, target_is_directory=True)
         for sub in ("models", "input", "output", "user", "temp"):
             (base / sub).mkdir()
+        shutil.copy(ROOT / "example_inputs" / "smite_example_car.mp4", base / "input")  # template 5's Load Video
         for folder, files in (("checkpoints", checkpoints), ("loras", loras)):
             for name, path in (files or {}).items():  # links: the files are large
                 (base / "models" / folder).mkdir(exist_ok=True)
@@ -453,3 +454,80 @@ def test_load_checkpoint_path_matches_the_smite_loader_without_a_second_copy(sd1
         assert len(labels) == 4 and all(np.array_equal(x, y) for x, y in labels), (ours, theirs)
     plain, patched = (SegmentEmbedding.load(shared[t][0]) for t in ("shared", "shared_lora"))
     assert plain.backbone_fingerprint != patched.backbone_fingerprint  # the LoRA changed the to_k weights
+
+
+# ----------------------------------------------------------------------------- streaming a long 1080p video
+
+
+def write_1080p_clip(path: Path, frames: int, fps: int = 25) -> Path:
+    """A synthetic 1920x1080 H.264 clip: a gradient with a moving red box (libx264 ultrafast: seconds to write)."""
+    import av
+    import numpy as np
+
+    height, width = 1080, 1920
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 96)], -1).astype(np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(frames):
+            image = background.copy()
+            x = (t * 13) % (width - 600)
+            image[400:700, x:x + 600] = (200, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def stream_graph(clip: str) -> dict:
+    """Core Load Video -> SMITE Segment Video To Files on the tiny backbone at 64 px, label maps only (no overlay, no
+    mattes, bilinear upsampling): the settings of the memory test, chosen to fit CI's time."""
+    return {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": clip}},
+        "2": {"class_type": "SMITE_ModelLoader", "inputs": {"model": "tiny (demo: synthetic examples only)",
+                                                            "dtype": "auto", "keep_loaded": False, "device": "auto",
+                                                            "prediction_type": "auto"}},
+        "3": {"class_type": "SMITE_LoadEmbedding", "inputs": {"embedding": "smite_example_car.safetensors"}},
+        "4": {"class_type": "SMITE_SegmentVideoToFiles", "inputs": {
+            "model": ["2", 0], "embedding": ["3", 0], "video": ["1", 0], "size": 64, "random_seed": 0,
+            "timestep_min": 95, "timestep_max": 104, "inflate": True, "window": 16, "overlap": 0, "guide_steps": 0,
+            "edge_aware": False, "folder_name": "long", "png8_mattes": False, "png16_mattes": False,
+            "exr_mattes": False, "matte_kind": "soft", "start_frame": 0, "frame_padding": 5, "exr_compression": "zip",
+            "preview": "none"}},
+    }
+
+
+def _stream_peaks(base: Path, counts: tuple[int, ...]) -> list[tuple[int, Path, float]]:
+    """One fresh server segments a 1080p clip of each of ``counts`` frames in turn: after each run its peak RSS so
+    far (VmHWM: a later, longer run can only raise it), the output folder and the run's seconds."""
+    srv = Server(base)
+    out = []
+    try:
+        srv.wait_ready()
+        for n, frames in enumerate(counts, start=1):
+            write_1080p_clip(base / "input" / f"long_{frames}.mp4", frames)
+            started = time.time()
+            entry = srv.wait_history(srv.queue(stream_graph(f"long_{frames}.mp4")))
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000] + srv.text()[-3000:]
+            out.append((peak_rss(srv.process.pid), base / "output" / f"long_{n:05d}", time.time() - started))
+        return out
+    finally:
+        srv.stop()
+
+
+def test_streaming_a_long_1080p_video_keeps_the_server_memory_flat(tmp_path_factory):
+    """Core Load Video -> SMITE Segment Video To Files: the server's peak RSS after 600 frames of 1920x1080 H.264 is at
+    most 1.25x its peak after 60 (the IMAGE path would hold about 82 MB per frame: 49 GB for 600)."""
+    from PIL import Image
+
+    (short_peak, short, short_s), (long_peak, long, long_s) = _stream_peaks(tmp_path_factory.mktemp("stream"),
+                                                                            (60, 600))
+    sys.stderr.write(f"\nserver peak RSS, 1080p streamed: 60 frames {short_peak / 2**30:.2f} GiB ({short_s:.0f} s), "
+                     f"600 frames {long_peak / 2**30:.2f} GiB ({long_s:.0f} s): {long_peak / short_peak:.2f}x\n")
+    assert len(list((short / "labels").iterdir())) == 60 and len(list((long / "labels").iterdir())) == 600
+    with Image.open(long / "labels" / "00599.png") as last:
+        assert last.size == (1920, 1080)
+    assert json.loads((long / "segments.json").read_text())["fps"] == 25.0
+    assert long_peak <= 1.25 * short_peak

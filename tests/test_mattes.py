@@ -144,3 +144,45 @@ def test_smite_segment_and_smite_batch_write_the_same_mattes(tmp_path, tiny_back
                  "--mattes", "png8", "--frame-padding", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "frame-padding" in err and not (tmp_path / "bad").exists()
+
+
+def test_part_names_lose_accents_length_and_reserved_names():
+    names = ["background", "Köpf", "頭髪", "con", "NUL", "x" * 300]
+    safe = safe_part_names(names)
+    assert safe[:5] == ["background", "Kopf", "part2", "con_", "NUL_"] and safe[5] == "x" * 100
+
+
+def test_bands_of_rows_give_the_same_mattes_as_one_band(tmp_path, monkeypatch):
+    import smite_core.io.mattes as mattes_module
+
+    settings = MatteSettings(formats=("png8", "png16"))
+    whole = _export(tmp_path / "whole", settings)
+    monkeypatch.setattr(mattes_module, "BAND_BYTES", 8 * len(NAMES) * 24 * 3)  # 3 rows a band
+    banded = _export(tmp_path / "banded", settings)
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*.png"))
+    assert len(files) == 3 * (1 + 2 * len(NAMES))
+    assert all((whole / f).read_bytes() == (banded / f).read_bytes() for f in files)
+
+
+def test_frame_numbers_that_outgrow_the_padding_are_refused_before_writing(tmp_path):
+    with pytest.raises(InputError, match="frame-padding: 1 digits cannot number frame 10 .* use 2 or more"):
+        _export(tmp_path, MatteSettings(formats=("png8",), start_frame=8, frame_padding=1))
+    assert not (tmp_path / "out").exists()
+    _export(tmp_path, MatteSettings(formats=("png8",), start_frame=7, frame_padding=1))  # 7, 8, 9: fits
+
+
+def test_a_part_matte_video_is_the_parts_probability_or_label(tmp_path):
+    from smite_core.io.video_io import open_frames
+
+    names = ["background", "a", "b"]
+    for kind in ("soft", "hard"):
+        out = _export(tmp_path / kind, MatteSettings(kind=kind, video="B"), names=names, size=(32, 48))
+        record = json.loads((out / "segments.json").read_text())
+        assert record["matte_video"] == {"file": "matte_b.mp4", "segment": "b", "kind": kind}
+        video = open_frames(out / "matte_b.mp4").read(0, 3)
+        labels = torch.stack([torch.from_numpy(read_label_png(out / "labels" / f"{t:05d}.png")) for t in range(3)])
+        assert torch.allclose(video[..., 0], video[..., 2], atol=0.02)  # grey
+        agree = ((video[..., 0] > 0.5) == (labels == 2)).float().mean()
+        assert agree > (0.97 if kind == "hard" else 0.9), (kind, agree)
+    with pytest.raises(InputError, match="matte-video: 'c' is not one of background, a, b"):
+        _export(tmp_path / "bad", MatteSettings(video="c"), names=names)

@@ -389,7 +389,7 @@ def test_the_comfyui_overlay_has_the_key_too():
     frames = torch.full((2, 256, 256, 3), 0.5)
     labels = torch.zeros(2, 256, 256, dtype=torch.uint8)
     segments = Segments(scores=torch.zeros(2, 3, 8, 8, dtype=torch.float16), labels=labels, names=names, frames=frames)
-    _, _, shown = pack.NODE_CLASS_MAPPINGS["SMITE_MaskToVideo"]().convert(segments, "hair")
+    (shown,) = pack.NODE_CLASS_MAPPINGS["SMITE_Overlay"]().paint(segments)
     corner = (shown[0, :40, :80] * 255).round().to(torch.uint8).numpy()
     assert _find_text(corner, "hair", 8) > 0.9 or _find_text(corner, "hair", 10) > 0.9
     assert torch.equal(shown[:, 200:, 200:], frames[:, 200:, 200:])  # the rest of the frame untouched

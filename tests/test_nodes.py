@@ -21,7 +21,8 @@ from smite_core.method.embedding import SegmentEmbedding
 EXPECTED = {"SMITE_ModelLoader", "SMITE_ModelFromCheckpoint", "SMITE_LoadReferences", "SMITE_LearnSegmentEmbedding",
             "SMITE_SaveEmbedding",
             "SMITE_LoadEmbedding", "SMITE_InvertVideo", "SMITE_InflatedUNetSegment", "SMITE_TrackVote",
-            "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LoadExample"}
+            "SMITE_LowPassGuide", "SMITE_MaskToVideo", "SMITE_LabelMapImage", "SMITE_Overlay", "SMITE_LoadExample",
+            "SMITE_SegmentVideoToFiles"}
 SIZE = 64  # working side of the fast tests
 
 
@@ -85,7 +86,7 @@ def test_pack_registers_every_node_with_native_metadata(pack):
             for name, entry in spec.get(group, {}).items():
                 assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
                 assert name not in ("seed", "noise_seed"), "the UI would add a 'randomize' widget to it"
-        assert not getattr(cls, "OUTPUT_NODE", False) or node_id == "SMITE_SaveEmbedding"
+        assert not getattr(cls, "OUTPUT_NODE", False) or node_id in ("SMITE_SaveEmbedding", "SMITE_SegmentVideoToFiles")
 
 
 def test_nothing_imports_comfyui_at_module_level():
@@ -296,13 +297,20 @@ def test_guided_segmentation_runs_in_the_denoising_loop(nodes, model, embedding,
     assert not torch.allclose(guided.scores.float(), segments.scores[:4].float(), atol=1e-3)
 
 
-def test_mask_to_video_outputs(nodes, segments):
+def test_mask_label_map_and_overlay_outputs(nodes, segments):
     node = nodes["SMITE_MaskToVideo"]
     t, h, w = segments.labels.shape
-    mask, label_map, painted = node.convert(segments, "wheel")
-    assert mask.shape == (t, h, w) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    (mask,) = node.convert(segments, "wheel")
+    assert mask.shape == (t, h, w) and mask.dtype == torch.float32 and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(mask.bool(), segments.labels == 3)
+    (label_map,) = nodes["SMITE_LabelMapImage"].convert(segments)
+    (painted,) = nodes["SMITE_Overlay"].paint(segments, 0.5)
     assert label_map.shape == painted.shape == (t, h, w, 3)
+    from smite_pack_under_test.nodes.labelmaps import image_to_ids
+
+    assert torch.equal(image_to_ids(label_map), segments.labels.long())
+    with pytest.raises(InputError, match="overlay_alpha"):
+        nodes["SMITE_Overlay"].paint(segments, 1.5)
     assert torch.equal(node.convert(segments, "3")[0], mask)
     assert torch.equal(node.convert(segments, "all")[0].bool(), segments.labels > 0)
     soft = node.convert(segments, "WHEEL", soft=True)[0]

@@ -26,7 +26,8 @@ from graph_runner import (
 NAMES = ["SMITE 1 - Learn parts from one reference and segment a video",
          "SMITE 2 - Segment a video with a saved embedding",
          "SMITE 3 - De-flicker a mask video with TrackVote",
-         "SMITE 4 - Learn and segment with your Stable Diffusion checkpoint"]
+         "SMITE 4 - Learn and segment with your Stable Diffusion checkpoint",
+         "SMITE 5 - Stream a long video into mattes for compositing"]
 FAST = 64
 
 
@@ -162,6 +163,33 @@ def test_workflow_2_loads_the_bundled_embedding(pack, tmp_path):
     assert len(list((out / "smite" / "loaded").glob("car_mask_*.png"))) == 4
     assert list((out / "smite" / "loaded").glob("overlay_*.mp4"))
     assert results[segment][0].labels.shape == (4, FAST, FAST)
+
+
+def test_workflow_5_streams_a_video_file_into_a_folder_of_mattes(pack, tmp_path, monkeypatch):
+    """Core Load Video (the pack's example clip) -> SMITE Segment Video To Files: labels, overlay and 16-bit mattes
+    numbered from 1001 in a numbered folder of the output folder, whose path the preview shows."""
+    api = _api(NAMES[4])
+    load, stream = _node_of(api, "LoadVideo"), _node_of(api, "SMITE_SegmentVideoToFiles")
+    assert api[load]["inputs"]["file"] == "smite_example_car.mp4"
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI the node writes into ./output
+    results = run_api_workflow(api, pack.NODE_CLASS_MAPPINGS, tmp_path / "output",
+                               {stream: {"size": FAST, "window": 8, "overlap": 2}})
+    folder = tmp_path / "output" / "smite_car_00001"
+    assert results[stream][1] == str(folder)
+    assert len(list((folder / "labels").glob("*.png"))) == 24 and (folder / "overlay.mp4").is_file()
+    assert sorted(p.name for p in (folder / "mattes" / "wheel").iterdir())[:2] == ["1001.png", "1002.png"]
+
+
+def test_the_bundled_clip_is_the_example_video_as_built(pack, tmp_path):
+    """example_inputs/smite_example_car.mp4 is what nodes/build_example.py writes (rebuild it with the embedding)."""
+    from smite_pack_under_test.nodes.build_example import EXAMPLE_CLIP, build_example_clip
+    from smite_pack_under_test.nodes.host import EXAMPLE_DIR
+
+    from smite_core.io.video_io import open_frames
+
+    bundled, rebuilt = open_frames(Path(EXAMPLE_DIR) / EXAMPLE_CLIP), open_frames(build_example_clip(tmp_path / "c.mp4"))
+    assert (bundled.num_frames, bundled.fps) == (rebuilt.num_frames, rebuilt.fps) == (24, 12.0)
+    assert torch.allclose(bundled.read(0, 24), rebuilt.read(0, 24), atol=2 / 255)
 
 
 def test_workflow_3_deflickers_an_external_mask_video(pack, tmp_path):

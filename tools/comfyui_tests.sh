@@ -16,8 +16,9 @@ VENDOR=${1:-}
 [[ -n $VENDOR ]] || fail "usage: tools/comfyui_tests.sh VENDOR [pytest options] (VENDOR: ComfyUI/ and setup-comfyui.sh)"
 shift
 [[ -d $VENDOR ]] || fail "$VENDOR: no such folder (the ComfyUI source for the real-ComfyUI tests)"
-VENDOR=$(cd "$VENDOR" && pwd)
+VENDOR=$(CDPATH='' cd -- "$VENDOR" >/dev/null && pwd)
 cd "$(dirname "$0")/.."
+[[ $PWD != *[[:space:]]* ]] || fail "$PWD: the checkout's path has a space; ComfyUI's setup needs a path without one"
 python -c "import pytest, smite_core" 2>/dev/null ||
     fail "python: pytest or smite_core missing; run this in the project's environment (the README's test command)"
 [[ -f $VENDOR/ComfyUI/main.py ]] || fail "$VENDOR/ComfyUI/main.py: missing (no ComfyUI source in $VENDOR)"
@@ -34,8 +35,9 @@ find_browser() {
 BROWSER=$(find_browser)
 if [[ -z $BROWSER && -z ${SMITE_BROWSER:-} && ${SMITE_NO_INSTALL:-0} != 1 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "comfyui tests: installing chromium-headless-shell (Debian)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; } >/dev/null 2>&1 ||
-        fail "Chromium: apt-get install chromium-headless-shell failed"
+    mkdir -p .comfyui-test
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; } \
+        >.comfyui-test/apt.log 2>&1 || fail "Chromium: apt-get install chromium-headless-shell failed (see .comfyui-test/apt.log)"
     BROWSER=$(find_browser)
 fi
 [[ -n $BROWSER ]] || fail "Chromium: ${SMITE_BROWSER:-no Chrome/Chromium} not found; install chromium-headless-shell (Debian) or set SMITE_BROWSER"
@@ -43,12 +45,16 @@ fi
 WORK=$PWD/.comfyui-test
 LOG=$WORK/setup.log
 mkdir -p "$WORK"
-if [[ -d $WORK/ComfyUI ]] && ! cmp -s "$VENDOR/ComfyUI/comfyui_version.py" "$WORK/ComfyUI/comfyui_version.py"; then
-    rm -rf "$WORK/ComfyUI"  # built from another ComfyUI: copy the vendored one again
+STAMP=$WORK/.built  # written after a complete build: the vendored ComfyUI's version file and setup script
+stamp=$(cat "$VENDOR/ComfyUI/comfyui_version.py" "$VENDOR/setup-comfyui.sh" | sha256sum | cut -d' ' -f1)
+if [[ -d $WORK/ComfyUI ]] && [[ $(cat "$STAMP" 2>/dev/null) != "$stamp" ]]; then
+    rm -rf "$WORK/ComfyUI" "$WORK/venv"  # an interrupted build, or one of another ComfyUI: build it again
 fi
+rm -f "$STAMP"
 started=$SECONDS
 exports=$(bash "$VENDOR/setup-comfyui.sh" "$WORK" python3 2>"$LOG" | grep '^export COMFYUI_PATH=') ||
     fail "$VENDOR/setup-comfyui.sh: could not build ComfyUI in $WORK (see $LOG)"
+echo "$stamp" >"$STAMP"
 eval "$exports"
 # What a user's ComfyUI does for a pack (ComfyUI-Manager, comfy node install): the pack's requirements.txt, and
 # requests, which ComfyUI's server imports but its requirements no longer bring in.

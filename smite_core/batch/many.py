@@ -66,7 +66,7 @@ def segment_many(videos, embedding: str | os.PathLike, out: str | os.PathLike, c
     _check_options(settings, workers, ray, gpus_per_video)
     out = check_writable(out, True, "folder")
     tasks = plan_tasks(find_videos(videos, exclude=out), out)
-    data, sha = _read_embedding(embedding, say)
+    data, sha = _read_embedding(embedding, say, settings.mattes)
     made = _make_folder(out)
     try:
         with FolderLock(out):  # before the record is read: a second run is refused before it loads anything
@@ -129,12 +129,15 @@ def _check_options(settings: BatchSettings, workers, ray, gpus_per_video) -> Non
 
 
 
-def _read_embedding(path: str | os.PathLike, say: Callable[[str], None]) -> tuple[bytes, str]:
-    """The embedding file's bytes (checked as ``SegmentEmbedding.load`` checks it) and their SHA-256; an embedding
-    learned by SMITE 0.1 is noted once with ``say``."""
+def _read_embedding(path: str | os.PathLike, say: Callable[[str], None],
+                    mattes: MatteSettings) -> tuple[bytes, str]:
+    """The embedding file's bytes (checked as ``SegmentEmbedding.load`` checks it, and against the matte video's
+    part) and their SHA-256; an embedding learned by SMITE 0.1 is noted once with ``say``."""
     from ..method.embedding import SegmentEmbedding
 
-    outdated = SegmentEmbedding.load(path).outdated
+    loaded = SegmentEmbedding.load(path)
+    mattes.video_part(loaded.names)
+    outdated = loaded.outdated
     if outdated:
         say(f"note: {outdated}")
     data = Path(path).read_bytes()

@@ -43,10 +43,12 @@ class BatchSettings:
         values = {"segment": asdict(self.config), "dtype": self.dtype, "prediction_type": self.prediction_type,
                   "overlay": self.overlay, "edge_aware": self.edge_aware, "embedding_sha256": embedding_sha256,
                   "was_version": WAS_VERSION}
-        if self.mattes.formats:  # named as the options; nothing when no mattes are written (older records resume)
-            m = self.mattes
+        m = self.mattes
+        if m.formats or m.video:  # named as the options; nothing when no mattes are written (older records resume)
             values["mattes"] = {"mattes": list(m.formats), "matte_kind": m.kind, "start_frame": m.start_frame,
                                 "frame_padding": m.frame_padding, "exr_compression": m.exr_compression}
+            if m.video:
+                values["mattes"]["matte_video"] = m.video
         return json.loads(json.dumps(values))
 
 

@@ -55,7 +55,8 @@ def _matte_settings(args):
     from ..io.mattes import MatteSettings
 
     settings = MatteSettings(formats=tuple(args.mattes or ()), kind=args.matte_kind, start_frame=args.start_frame,
-                             frame_padding=args.frame_padding, exr_compression=args.exr_compression)
+                             frame_padding=args.frame_padding, exr_compression=args.exr_compression,
+                             video=args.matte_video or "")
     settings.validate()
     return settings
 
@@ -121,6 +122,7 @@ def cmd_segment(args) -> int:
     config.validate()
     mattes = _matte_settings(args)
     embedding = SegmentEmbedding.load(args.embedding)
+    mattes.video_part(embedding.names)  # --matte-video names a segment of this embedding
     with open_frames(args.video) as source:
         _say(f"{source.num_frames} frame(s) of {source.width}x{source.height}; segments: {', '.join(embedding.names)}")
         backbone = _load_backbone(args)
@@ -134,7 +136,8 @@ def cmd_segment(args) -> int:
                                       overwrite=args.overwrite, edge_aware=not args.no_edge_aware, mattes=mattes)
     _say(f"wrote {summary['frames']} label maps to {summary['labels']}"
          + (f" and {summary['overlay']}" if summary["overlay"] else "")
-         + (f"; mattes ({', '.join(mattes.formats)}) beside them" if mattes.formats else ""))
+         + (f"; mattes ({', '.join(mattes.formats)}) beside them" if mattes.formats else "")
+         + (f"; {summary['matte_video']}" if summary["matte_video"] else ""))
     return 0
 
 
@@ -518,6 +521,9 @@ def _add_matte_args(p: argparse.ArgumentParser) -> None:
     _config_option(p, MatteSettings, "frame_padding", "digits of the frame number in the matte file names")
     p.add_argument("--exr-compression", choices=EXR_COMPRESSIONS, default=d.exr_compression,
                    help=f"compression of the EXR files (default {d.exr_compression})")
+    p.add_argument("--matte-video", metavar="PART", default=d.video or None,
+                   help="also write one part's matte (name or index; soft or hard as --matte-kind) as a greyscale "
+                        "video, matte_<part>.mp4, at the source's frame rate")
 
 
 def _add_batch_parser(sub) -> None:

@@ -4,13 +4,15 @@
   16-bit greyscale. ``soft`` mattes are the part's
   probability (0..1 scaled to 255 or 65535); the parts of one pixel always sum to exactly 255 or 65535
   (:func:`quantized_partition`: each value rounded down, the rest given to the largest remainders, a tie to the
-  lower segment id, so a 16-bit argmax may differ from the label map at exact ties). ``hard``
+  lower segment id, so where two parts are within one quantisation step the mattes' argmax may differ from the label
+  map; the EXR keeps it exactly). ``hard``
   mattes are the label map's part as 0 or full white.
 - ``exr``: ``exr/<frame>.exr``, half float, one layer per part with its matte in the channel ``<part>.A``
   (Nuke, Resolve and Blender show each as a layer holding an alpha channel; Cryptomatte-style "every part its
-  own named layer in one file"). Compression ZIP (default), DWAA or none. Its argmax over the layers is the
-  label map exactly: where rounding to half float made two parts tie, the labelled part is raised by one
-  half-float step. Written with the OpenEXR package (the ``vfx`` extra).
+  own named layer in one file"). Compression ZIP (default), DWAA or none (OpenEXR keeps channels named ``A``
+  lossless under DWAA, so it is larger than ZIP here; it is there for pipelines that ask for it). Its argmax over
+  the layers is the label map exactly: where rounding to half float made two parts tie, the labelled part is raised
+  by one half-float step. Written with the OpenEXR package (the ``vfx`` extra).
 
 ``<part>`` is the segment's name made safe as a file and layer name (:func:`safe_part_names`); ``<frame>`` is
 ``start_frame + index`` zero-padded to ``frame_padding`` digits. Background (segment 0) gets a matte like any part.
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +36,9 @@ MATTE_KINDS = ("soft", "hard")
 EXR_COMPRESSIONS = ("zip", "dwaa", "none")
 EXR_INSTALL = 'pip install "smite-segment[vfx]" (or pip install openexr)'
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-ROWS = 256  # rows of a frame turned into mattes at a time
+BAND_BYTES = 64 * 2**20  # about this much float64 work memory per band of rows (a 4K frame of 20 parts: 45 rows)
+MAX_NAME = 100  # characters of a part's file name
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 @dataclass
@@ -45,6 +50,7 @@ class MatteSettings:
     start_frame: int = ranged(0, 0, 999_999)
     frame_padding: int = ranged(5, 1, 9)  # digits of the frame number
     exr_compression: str = "zip"
+    video: str = ""  # a part (name or index) whose matte is also written as a video, matte_<part>.mp4; "": none
 
     def validate(self) -> None:
         check_ranges(self)
@@ -60,6 +66,18 @@ class MatteSettings:
         if "exr" in self.formats:
             require_openexr()
 
+    def video_part(self, names: list[str]) -> int | None:
+        """The segment index of ``video`` among ``names`` (background first), or None when no matte video is
+        asked for; refused in one line when ``video`` names no segment."""
+        return part_index(names, self.video, "matte-video") if str(self.video).strip() else None
+
+    def check_numbering(self, num_frames: int) -> None:
+        """Refuse (one line) a ``frame_padding`` too short for the last frame number: the names would change width."""
+        last = self.start_frame + max(1, int(num_frames)) - 1
+        if self.formats and len(str(last)) > self.frame_padding:
+            raise InputError(f"frame-padding: {self.frame_padding} digits cannot number frame {last} (start frame "
+                             f"{self.start_frame} + {num_frames} frames); use {len(str(last))} or more")
+
     def frame_name(self, index: int) -> str:
         return f"{self.start_frame + index:0{self.frame_padding}d}"
 
@@ -74,18 +92,37 @@ def require_openexr():
 
 
 def safe_part_names(names: list[str]) -> list[str]:
-    """File and layer names for the segments: letters, digits, ``_`` and ``-`` kept, other runs of characters
-    become ``_``; an empty result is ``part<i>``; repeats get ``_2``, ``_3``... (case-insensitively, for
-    file systems that ignore case)."""
+    """File and layer names for the segments: accents dropped (``Köpf`` -> ``Kopf``), letters, digits, ``_`` and
+    ``-`` kept, other runs of characters become ``_``, at most ``MAX_NAME`` characters; an empty result is
+    ``part<i>``, a name Windows reserves (``con``, ``nul``, ``com1``...) gets a ``_``; repeats get ``_2``, ``_3``...
+    (case-insensitively, for file systems that ignore case)."""
     out, seen = [], set()
     for i, name in enumerate(names):
-        base = _UNSAFE.sub("_", str(name)).strip("_") or f"part{i}"
+        ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+        base = _UNSAFE.sub("_", ascii_name).strip("_")[:MAX_NAME].strip("_") or f"part{i}"
+        if base.lower() in _RESERVED:
+            base += "_"
         safe, n = base, 2
         while safe.lower() in seen:
             safe, n = f"{base}_{n}", n + 1
         seen.add(safe.lower())
         out.append(safe)
     return out
+
+
+def part_index(names: list[str], choice, what: str = "segment", others: str = "") -> int:
+    """The index of a segment given by its name (any case), its safe file name, or its number (0 = background);
+    one line naming ``what`` otherwise (``others``: what else the input accepts, said in that line)."""
+    text = str(choice).strip()
+    for candidates in ([n.lower() for n in names], [n.lower() for n in safe_part_names(names)]):
+        if text.lower() in candidates:
+            return candidates.index(text.lower())
+    if text.lstrip("-").isdigit():
+        if 0 <= int(text) < len(names):
+            return int(text)
+        raise InputError(f"{what}: index {text} outside 0..{len(names) - 1} "
+                         f"({', '.join(f'{i}={n}' for i, n in enumerate(names))})")
+    raise InputError(f"{what}: {text!r} is not one of {', '.join(names)} (or an index 0..{len(names) - 1}{others})")
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:
@@ -171,21 +208,23 @@ class MatteWriter:
 
     def write(self, index: int, scores: np.ndarray, labels: np.ndarray) -> None:
         """Frame ``index``: per-class ``scores [K,H,W]`` at the frame size (the upsampled WAS) and its label map
-        ``[H,W]`` (their argmax). Worked in bands of ``ROWS`` rows, so a 4K frame needs no float64 ``[K,H,W]``."""
+        ``[H,W]`` (their argmax). Worked in bands of rows (about ``BAND_BYTES`` of float64 each), so a 4K frame needs
+        no float64 ``[K,H,W]``."""
         s, name = self.settings, self.settings.frame_name(index)
         k, height = len(self.parts), labels.shape[0]
+        rows = max(1, BAND_BYTES // (8 * k * labels.shape[1]))
         pngs = {fmt: np.empty((k, *labels.shape), np.uint8 if fmt == "png8" else np.uint16) for fmt in self.pngs}
         exr = np.empty((k, *labels.shape), np.float16) if "exr" in s.formats else None
-        for top in range(0, height, ROWS):
-            rows = slice(top, top + ROWS)
-            probs = probabilities(scores[:, rows]) if s.kind == "soft" else None
+        for top in range(0, height, rows):
+            band = slice(top, top + rows)
+            probs = probabilities(scores[:, band]) if s.kind == "soft" else None
             for fmt, out in pngs.items():
                 total = 255 if fmt == "png8" else 65535
-                out[:, rows] = quantized_partition(probs, total) if probs is not None else \
-                    hard_mattes(labels[rows], k, total)
+                out[:, band] = quantized_partition(probs, total) if probs is not None else \
+                    hard_mattes(labels[band], k, total)
             if exr is not None:
-                exr[:, rows] = exr_layers(probs, labels[rows]) if probs is not None else \
-                    hard_mattes(labels[rows], k, 1).astype(np.float16)
+                exr[:, band] = exr_layers(probs, labels[band]) if probs is not None else \
+                    hard_mattes(labels[band], k, 1).astype(np.float16)
         for fmt, out in pngs.items():
             for part, matte in zip(self.parts, out):
                 write_png_matte(self.folder / self._png_root(fmt) / part / f"{name}.png", matte)

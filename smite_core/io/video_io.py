@@ -149,12 +149,19 @@ class _FolderFrames(FrameSource):
         return out
 
 
-def _count_video_frames(path: Path) -> tuple[int, float]:
+def _open_container(source):
+    """``av.open`` of a path or a binary file object (rewound first: it may have been read before)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return av.open(source if hasattr(source, "read") else str(source))
+
+
+def _count_video_frames(source, label: str) -> tuple[int, float]:
     """(frame count, fps) of the first video stream, demuxing packets without decoding."""
     try:
-        with av.open(str(path)) as container:
+        with _open_container(source) as container:
             if not container.streams.video:
-                raise InputError(f"{path}: no video stream")
+                raise InputError(f"{label}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             count = sum(1 for packet in container.demux(stream)
@@ -162,19 +169,21 @@ def _count_video_frames(path: Path) -> tuple[int, float]:
     except InputError:
         raise
     except _AV_ERRORS as err:
-        raise InputError(f"{path}: cannot read video ({reason(err)})") from err
+        raise InputError(f"{label}: cannot read video ({reason(err)})") from err
     fps = float(rate) if rate and float(rate) > 0 else DEFAULT_FPS
     return count, fps
 
 
 class _VideoFrames(FrameSource):
-    """Forward-only decoding with a buffer of the last ``buffer_frames`` frames (uint8)."""
+    """Forward-only decoding with a buffer of the last ``buffer_frames`` frames (uint8). ``source``: a path or a
+    seekable binary file object; ``label`` names it in errors."""
 
-    def __init__(self, path: Path, buffer_frames: int):
-        count, fps = _count_video_frames(path)
+    def __init__(self, source, buffer_frames: int, label: str):
+        self._label = label
+        count, fps = _count_video_frames(source, label)
         if count == 0:
-            raise InputError(f"{path}: video has no frames")
-        self._path = path
+            raise InputError(f"{label}: video has no frames")
+        self._source = source
         self._buffer: OrderedDict[int, np.ndarray] = OrderedDict()
         self._buffer_frames = max(1, int(buffer_frames))
         self._container = None
@@ -189,10 +198,10 @@ class _VideoFrames(FrameSource):
     def _reopen(self) -> None:
         self.close()
         try:
-            self._container = av.open(str(self._path))
+            self._container = _open_container(self._source)
             self._decoder = self._container.decode(self._container.streams.video[0])
         except _AV_ERRORS as err:
-            raise InputError(f"{self._path}: cannot read video ({reason(err)})") from err
+            raise InputError(f"{self._label}: cannot read video ({reason(err)})") from err
         self._next = 0
 
     def close(self) -> None:
@@ -207,11 +216,14 @@ class _VideoFrames(FrameSource):
         except StopIteration:
             return None
         except _AV_ERRORS as err:
-            raise InputError(f"{self._path}: cannot decode frame {self._next} ({reason(err)})") from err
+            raise InputError(f"{self._label}: cannot decode frame {self._next} ({reason(err)})") from err
         if self._coded_size is None:
             self._coded_size = (frame.height, frame.width)
             self._rotation = int(round((frame.rotation or 0) / 90.0)) % 4
         height, width = self._coded_size
+        if (frame.height, frame.width) != (height, width):
+            raise InputError(f"{self._label}: frame {self._next} is {frame.width}x{frame.height} but the first frame is "
+                             f"{width}x{height} (a variable frame size; re-encode the video at one size)")
         array = frame.to_ndarray(format="rgb24", width=width, height=height)
         return np.ascontiguousarray(np.rot90(array, k=self._rotation))
 
@@ -230,7 +242,7 @@ class _VideoFrames(FrameSource):
             array = self._decode_next()
             if array is None:  # fewer decodable frames than packets: repeat the last one
                 if not self._buffer:
-                    raise InputError(f"{self._path}: no decodable frame at index {index}")
+                    raise InputError(f"{self._label}: no decodable frame at index {index}")
                 array = next(reversed(self._buffer.values()))
             self._remember(self._next, array)
             self._next += 1
@@ -263,7 +275,19 @@ def open_frames(path: str | os.PathLike, buffer_frames: int = 16) -> FrameSource
             f"{path}: unsupported video type {path.suffix or '(none)'} "
             f"(use a folder of frames or {', '.join(VIDEO_EXTENSIONS)})"
         )
-    return _VideoFrames(path, buffer_frames)
+    return _VideoFrames(path, buffer_frames, str(path))
+
+
+def open_video_stream(source, label: str, buffer_frames: int = 16) -> FrameSource:
+    """A video from a path or a seekable binary file object (``io.BytesIO``: e.g. ComfyUI's
+    ``VideoInput.get_stream_source()``), decoded window by window as :func:`open_frames` does; ``label`` names
+    it in errors. Refused in one line: no video stream, no frames, undecodable data, a variable frame size."""
+    if not hasattr(source, "read"):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{label}: video file {path} does not exist")
+        source = path
+    return _VideoFrames(source, buffer_frames, label)
 
 
 # ----------------------------------------------------------------------------- overlay
