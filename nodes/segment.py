@@ -57,6 +57,19 @@ def make_config(fields: dict) -> SegmentConfig:
     return config
 
 
+def widget_problem(*checks) -> str | bool:
+    """What ``VALIDATE_INPUTS`` returns: the first failing check's one line, else True. ``checks``: ``(values,
+    check)`` pairs. An input fed by a link reaches ``VALIDATE_INPUTS`` as None (ComfyUI knows its value only when
+    it runs): a check with a None value is left to the node, which checks again when it runs."""
+    try:
+        for values, check in checks:
+            if None not in values:
+                check(*values)
+    except InputError as err:
+        return str(err)
+    return True
+
+
 def guided_config(size, timesteps, seed, inflate, window, overlap, guide_steps, track_vote=None,
                   low_pass=None) -> SegmentConfig:
     """The SegmentConfig of a segmentation node's widgets and its optional TrackVote / LowPassGuide wires. With no
@@ -141,13 +154,9 @@ class InvertVideo:
     DESCRIPTION = "VAE-encodes the frames (posterior mean, each frame once) and sets how they are noised."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, size, timestep_min, timestep_max):
-        try:
-            check_value("size", size, 0, MAX_SIDE, integer=True)
-            check_timesteps((timestep_min, timestep_max))
-        except InputError as err:
-            return str(err)
-        return True
+    def VALIDATE_INPUTS(cls, size=None, timestep_min=None, timestep_max=None):
+        return widget_problem(((size,), lambda s: check_value("size", s, 0, MAX_SIDE, integer=True)),
+                              ((timestep_min, timestep_max), lambda a, b: check_timesteps((a, b))))
 
     def invert(self, model, images, size=0, random_seed=0, timestep_min=DEFAULT_TIMESTEPS[0],
                timestep_max=DEFAULT_TIMESTEPS[1]):
@@ -210,12 +219,10 @@ class InflatedUNetSegment:
                    "cross-faded). Connect TrackVote / LowPassGuide for the method's temporal guidance.")
 
     @classmethod
-    def VALIDATE_INPUTS(cls, window, overlap, guide_steps):
-        try:  # the library's own ranges (smite_core.settings): one definition
-            SegmentConfig(window=window, overlap=overlap, guide_steps=guide_steps).validate()
-        except InputError as err:
-            return str(err)
-        return True
+    def VALIDATE_INPUTS(cls, window=None, overlap=None, guide_steps=None):
+        # the library's own ranges (smite_core.settings): one definition
+        return widget_problem(((window, overlap, guide_steps),
+                               lambda w, o, g: SegmentConfig(window=w, overlap=o, guide_steps=g).validate()))
 
     def segment(self, model, embedding, latent, inflate=True, window=DEFAULTS.window, overlap=DEFAULTS.overlap,
                 guide_steps=DEFAULTS.guide_steps, track_vote=None, low_pass=None):

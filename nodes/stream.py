@@ -8,6 +8,7 @@ is that of one window at the frame size, whatever the video's length.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -16,12 +17,12 @@ import time
 import torch
 
 from smite_core.errors import InputError
-from smite_core.io.mattes import EXR_COMPRESSIONS, MATTE_FORMATS, MATTE_KINDS, MatteSettings
+from smite_core.io.mattes import EXR_COMPRESSIONS, MATTE_FORMATS, MATTE_KINDS, MatteSettings, part_index
 from smite_core.io.video_io import FrameSource, open_video_stream
 from smite_core.method.export import export_segmentation
 from smite_core.method.inversion import DEFAULT_TIMESTEPS, check_timesteps
 from smite_core.method.segment import SegmentConfig, segment_stream
-from smite_core.settings import widget
+from smite_core.settings import MAX_SIDE, check_value, widget
 
 from . import host
 from .segment import (
@@ -32,6 +33,7 @@ from .segment import (
     guided_config,
     plain_embedding,
     planned_unet_passes,
+    widget_problem,
 )
 from .wires import EMBEDDING, MODEL
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FOLDER = "smite"
 MATTES = MatteSettings()  # the widgets' defaults: the library's matte defaults
-_NUMBERED = re.compile(r"^(?P<name>.+)_(?P<n>\d{5})$")
+_NUMBERED = re.compile(r"^(?P<name>.+)_(?P<n>\d{5,})$")
 
 
 def check_folder_name(name) -> str:
@@ -55,15 +57,20 @@ def check_folder_name(name) -> str:
     return text
 
 
-def next_folder(root: str, name: str) -> str:
-    """``<root>/<name>_00001``, or the next number after those already there: a run never replaces an earlier one."""
-    numbers = [0]
-    if os.path.isdir(root):
-        for entry in os.listdir(root):
-            match = _NUMBERED.match(entry)
-            if match and match["name"] == name:
-                numbers.append(int(match["n"]))
-    return os.path.join(root, f"{name}_{max(numbers) + 1:05d}")
+def reserve_folder(root: str, name: str) -> str:
+    """Make and return ``<root>/<name>_00001``, or the next number after those already there (names compared as a
+    case-insensitive file system would): made with an exclusive ``mkdir``, so two ComfyUI servers sharing an output
+    folder never pick the same one, and a run never replaces an earlier one."""
+    os.makedirs(root, exist_ok=True)
+    numbers = [int(m["n"]) for m in map(_NUMBERED.match, os.listdir(root)) if m and m["name"].casefold() == name.casefold()]
+    number = max(numbers, default=0) + 1
+    while True:
+        path = os.path.join(root, f"{name}_{number:05d}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            number += 1
 
 
 def frame_source(video) -> FrameSource:
@@ -135,16 +142,14 @@ class SegmentVideoToFiles:
                    "Memory stays flat in the video's length.")
 
     @classmethod
-    def VALIDATE_INPUTS(cls, size, timestep_min, timestep_max, window, overlap, guide_steps, folder_name,
-                        start_frame, frame_padding):
-        try:
-            check_timesteps((timestep_min, timestep_max))
-            SegmentConfig(window=window, overlap=overlap, guide_steps=guide_steps).validate()
-            MatteSettings(start_frame=start_frame, frame_padding=frame_padding).validate()
-            check_folder_name(folder_name)
-        except InputError as err:
-            return str(err)
-        return True
+    def VALIDATE_INPUTS(cls, size=None, timestep_min=None, timestep_max=None, window=None, overlap=None,
+                        guide_steps=None, folder_name=None, start_frame=None, frame_padding=None):
+        return widget_problem(
+            ((size,), lambda s: check_value("size", s, 0, MAX_SIDE, integer=True)),
+            ((timestep_min, timestep_max), lambda a, b: check_timesteps((a, b))),
+            ((window, overlap, guide_steps), lambda w, o, g: SegmentConfig(window=w, overlap=o, guide_steps=g).validate()),
+            ((start_frame, frame_padding), lambda s, f: MatteSettings(start_frame=s, frame_padding=f).validate()),
+            ((folder_name,), check_folder_name))
 
     def segment(self, model, embedding, video, size=0, random_seed=0, timestep_min=DEFAULT_TIMESTEPS[0],
                 timestep_max=DEFAULT_TIMESTEPS[1], inflate=True, window=DEFAULTS.window, overlap=DEFAULTS.overlap,
@@ -162,12 +167,20 @@ class SegmentVideoToFiles:
                                start_frame=int(start_frame), frame_padding=int(frame_padding),
                                exr_compression=exr_compression, video=part)
         mattes.validate()
-        mattes.video_part(embedding.names)  # the preview names a segment: said before any work
+        if part:  # the preview names a segment: said before any work, naming the node's input
+            part_index(embedding.names, part, "preview", ", 'overlay' or 'none'")
         root = host.output_directory()
-        out = next_folder(root, check_folder_name(folder_name))
+        name = check_folder_name(folder_name)
         overlay = "mp4" if shown.lower() in ("", "overlay") else None
         with frame_source(video) as source:
-            summary = self._run(model, embedding, source, config, mattes, bool(edge_aware), overlay, out)
+            mattes.check_numbering(source.num_frames, "frame_padding")
+            out = reserve_folder(root, name)
+            try:  # the reserved (empty) folder is replaced by the complete one, or removed
+                summary = self._run(model, embedding, source, config, mattes, bool(edge_aware), overlay, out)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(out)
+                raise
         written = summary["matte_video"] or summary["overlay"]
         if written is None:
             return {"ui": {}, "result": (host.blocked_output("SMITE Segment Video To Files: preview is 'none', no video "
@@ -189,7 +202,7 @@ class SegmentVideoToFiles:
                                       say=lambda message: log.warning("SMITE: %s", message), profiler=bar,
                                       interrupt=host.check_interrupt)
                 summary = export_segmentation(out, maps, source, embedding.names, overlay_format=overlay,
-                                              edge_aware=edge_aware, profiler=bar, mattes=mattes)
+                                              overwrite=True, edge_aware=edge_aware, profiler=bar, mattes=mattes)
         log.info("SMITE: segmented %d frames of %dx%d into %s (%.0f s%s)", total, source.width, source.height, out,
                  time.perf_counter() - started, ", guided" if config.temporal else "")
         return summary

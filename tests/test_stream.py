@@ -241,9 +241,9 @@ def test_cancel_mid_run_leaves_nothing(stream_node, model_and_embedding, clip, h
 def test_bad_preview_part_and_short_frame_padding_are_said_before_any_work(stream_node, model_and_embedding, clip,
                                                                            host, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match="matte-video: 'tail' is not one of background, body"):
+    with pytest.raises(InputError, match="preview: 'tail' is not one of background, body.*'overlay' or 'none'"):
         _run(stream_node, model_and_embedding, host.video_from_file(str(clip)), preview="tail")
-    with pytest.raises(InputError, match="frame-padding: 1 digits cannot number frame 15"):
+    with pytest.raises(InputError, match="frame_padding: 1 digits cannot number frame 15"):
         _run(stream_node, model_and_embedding, host.video_from_file(str(clip)), png8_mattes=True, start_frame=9,
              frame_padding=1)
     assert not (tmp_path / "output").exists() or not any((tmp_path / "output").iterdir())
@@ -260,3 +260,31 @@ def test_widgets_take_their_defaults_and_ranges_from_the_library(stream_node):
     assert required["start_frame"][1]["max"] == 999_999 and required["frame_padding"][1]["default"] == 5
     assert required["matte_kind"][1]["default"] == MatteSettings.kind
     assert type(stream_node).OUTPUT_NODE and type(stream_node).RETURN_TYPES == ("VIDEO", "STRING")
+
+
+def test_inputs_fed_by_links_are_left_to_the_run_by_validation(stream_node, pack):
+    """ComfyUI gives VALIDATE_INPUTS None for an input fed by a link (e.g. folder_name from a String node)."""
+    node = type(stream_node)
+    assert node.VALIDATE_INPUTS(size=None, timestep_min=None, timestep_max=104, window=None, overlap=2,
+                                guide_steps=1, folder_name=None, start_frame=None, frame_padding=5) is True
+    assert node.VALIDATE_INPUTS(size=64, timestep_min=95, timestep_max=104, window=4, overlap=2, guide_steps=1,
+                                folder_name="../x", start_frame=0, frame_padding=5).startswith("folder_name:")
+    assert "size" in node.VALIDATE_INPUTS(size=70000, folder_name="ok")
+    segment, invert = (pack.NODE_CLASS_MAPPINGS[n] for n in ("SMITE_InflatedUNetSegment", "SMITE_InvertVideo"))
+    assert segment.VALIDATE_INPUTS(window=None, overlap=32, guide_steps=1) is True
+    assert "overlap" in segment.VALIDATE_INPUTS(window=16, overlap=32, guide_steps=1)
+    assert invert.VALIDATE_INPUTS(size=None, timestep_min=95, timestep_max=None) is True
+
+
+def test_output_folders_are_reserved_and_numbered_past_every_earlier_one(pack, tmp_path):
+    import sys
+
+    stream = sys.modules[f"{pack.__name__}.nodes.stream"]
+    root = tmp_path / "output"
+    root.mkdir()
+    for name in ("Shot_00001", "shot_00007", "shot_123456", "shotx_00009", ".shot_00010.abc.tmp"):
+        (root / name).mkdir()
+    first = stream.reserve_folder(str(root), "shot")
+    second = stream.reserve_folder(str(root), "shot")
+    assert first == str(root / "shot_123457") and second == str(root / "shot_123458")
+    assert (root / "shot_123457").is_dir()  # made at once: a second server cannot pick it

@@ -68,3 +68,16 @@ def test_labels_come_back_at_any_frame_size():
     labels = labels_from_was(was, (7, 13))
     assert labels.shape == (2, 7, 13) and labels.dtype == torch.uint8
     assert (labels[:, :, -3:] == 2).all() and (labels[:, :, :3] == 0).all()
+
+
+def test_class_argmax_is_torch_argmax_with_ties_and_nans():
+    from smite_core.method.was import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 5, 40):
+        scores = torch.randn(k, 37, 53, generator=g)
+        scores[:, :5] = 0.0  # ties everywhere in these rows: the first class wins
+        scores[min(2, k - 1), 10, 10] = float("nan")
+        scores[0, 11, 11] = float("nan")
+        labels = class_argmax(scores)
+        assert labels.dtype == torch.uint8 and torch.equal(labels, scores.argmax(0).to(torch.uint8)), k

@@ -71,11 +71,12 @@ class MatteSettings:
         asked for; refused in one line when ``video`` names no segment."""
         return part_index(names, self.video, "matte-video") if str(self.video).strip() else None
 
-    def check_numbering(self, num_frames: int) -> None:
-        """Refuse (one line) a ``frame_padding`` too short for the last frame number: the names would change width."""
+    def check_numbering(self, num_frames: int, what: str = "frame-padding") -> None:
+        """Refuse (one line naming ``what``) a ``frame_padding`` too short for the last frame number: the names would
+        change width."""
         last = self.start_frame + max(1, int(num_frames)) - 1
         if self.formats and len(str(last)) > self.frame_padding:
-            raise InputError(f"frame-padding: {self.frame_padding} digits cannot number frame {last} (start frame "
+            raise InputError(f"{what}: {self.frame_padding} digits cannot number frame {last} (start frame "
                              f"{self.start_frame} + {num_frames} frames); use {len(str(last))} or more")
 
     def frame_name(self, index: int) -> str:

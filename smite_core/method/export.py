@@ -65,7 +65,8 @@ def _export(out_dir: Path, maps, source, names, overlay_format, overwrite, edge_
     size = (source.height, source.width)
     counts = torch.zeros(len(names), dtype=torch.long)
     written = 0
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, contextlib.ExitStack() as stack, _writing(out_dir):
+    # _writing outside the ExitStack: the video writers' last packets and trailers are writes too
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _writing(out_dir), contextlib.ExitStack() as stack:
         (tmp / "labels").mkdir()
         matte_writer = MatteWriter(tmp, names, mattes) if mattes.formats else None
         record = {"segments": list(names), "colors": segment_colors(len(names)), "fps": source.fps}
@@ -119,8 +120,13 @@ def _read_through(maps, out_dir: Path):
         yield item
 
 
-def _part_matte(scores: torch.Tensor, labels: torch.Tensor, part: int, kind: str) -> torch.Tensor:
-    """One part's matte float32 ``[H,W]`` in 0..1: its softmax probability (``soft``) or its label (``hard``)."""
+def _part_matte(scores: torch.Tensor, labels: torch.Tensor, part: int, kind: str, rows: int = 256) -> torch.Tensor:
+    """One part's matte float32 ``[H,W]`` in 0..1: its softmax probability (``soft``, worked out ``rows`` rows at a
+    time, so no second ``[K,H,W]`` is made) or its label (``hard``)."""
     if kind == "hard":
         return (labels == part).to(torch.float32)
-    return torch.exp(scores[part].float() - torch.logsumexp(scores.float(), dim=0))
+    out = torch.empty(scores.shape[1:], dtype=torch.float32)
+    for top in range(0, scores.shape[1], rows):
+        band = scores[:, top:top + rows].float()
+        out[top:top + rows] = torch.exp(band[part] - torch.logsumexp(band, dim=0))
+    return out
