@@ -46,3 +46,24 @@ def test_fake_tensors_give_the_real_runs_peak(tiny_backbone):
             real, fake = peak_bytes(fn, block=block), peak_bytes(fn, fake=True, block=block)
             assert real > 10 * 2**20 and abs(fake - real) <= 0.02 * real, (fn.__name__, block, real, fake)
     assert peak_bytes(forward_backward) > peak_bytes(forward)  # half the frames, but activations kept for the backward
+
+
+def test_fake_tensors_give_the_real_runs_peak_on_the_sd_architectures():
+    """The reduced-width SD 1.5 and SD 2.1 of the parity tests (SD's blocks, heads and attention layout): the UNet pass
+    and its backward, on fake tensors, peak where the real run peaks."""
+    from test_parity import MODELS, parity_backbone
+
+    from smite_core.model.unet_pass import unet_forward
+
+    for name in MODELS:
+        backbone = parity_backbone(name)
+        context_dim = backbone.unet.config.cross_attention_dim
+
+        def forward_backward():
+            latents = torch.randn(4, 4, 16, 16, requires_grad=True)
+            maps, _ = unet_forward(backbone, latents, 100, torch.randn(1, 77, context_dim), 4)
+            maps.float().sum().backward()
+
+        real, fake = peak_bytes(forward_backward, block=CUDA_BLOCK), peak_bytes(forward_backward, fake=True,
+                                                                                 block=CUDA_BLOCK)
+        assert real > 2**20 and abs(fake - real) <= 0.02 * real, (name, real, fake)
