@@ -17,6 +17,9 @@ VENDOR=${1:-}
 shift
 [[ -d $VENDOR ]] || fail "$VENDOR: no such folder (the ComfyUI source for the real-ComfyUI tests)"
 VENDOR=$(CDPATH='' cd -- "$VENDOR" >/dev/null && pwd)
+absolute() { [[ $1 == */* && $1 != /* ]] && echo "$PWD/$1" || echo "$1"; }  # relative paths: from the caller's folder
+[[ -z ${SMITE_BROWSER:-} ]] || SMITE_BROWSER=$(absolute "$SMITE_BROWSER")
+[[ -z ${SMITE_SCREENSHOTS:-} ]] || SMITE_SCREENSHOTS=$(absolute "$SMITE_SCREENSHOTS")
 cd "$(dirname "$0")/.."
 [[ $PWD != *[[:space:]]* ]] || fail "$PWD: the checkout's path has a space; ComfyUI's setup needs a path without one"
 python -c "import pytest, smite_core" 2>/dev/null ||
@@ -25,7 +28,7 @@ python -c "import pytest, smite_core" 2>/dev/null ||
 [[ -f $VENDOR/setup-comfyui.sh ]] || fail "$VENDOR/setup-comfyui.sh: missing (it makes the runnable ComfyUI)"
 
 find_browser() {
-    if [[ -n ${SMITE_BROWSER:-} ]]; then command -v "$SMITE_BROWSER" || { [[ -x $SMITE_BROWSER ]] && echo "$SMITE_BROWSER"; }
+    if [[ -n ${SMITE_BROWSER:-} ]]; then command -v "$SMITE_BROWSER" || { [[ -f $SMITE_BROWSER && -x $SMITE_BROWSER ]] && echo "$SMITE_BROWSER"; }
         return 0; fi
     for name in chromium-headless-shell chromium chromium-browser google-chrome chrome; do
         command -v "$name" && return 0
@@ -61,6 +64,7 @@ eval "$exports"
 "$COMFYUI_PYTHON" -m pip install -q -r requirements.txt requests 2>>"$LOG" >&2 ||
     fail "requirements.txt: could not be installed into ComfyUI's environment (see $LOG)"
 export SMITE_REQUIRE_COMFYUI=1 SMITE_BROWSER=$BROWSER
+if [[ -z ${SMITE_SCREENSHOTS:-} ]]; then rm -rf "$WORK/screenshots"; fi  # the default folder holds this run's only
 export SMITE_SCREENSHOTS=${SMITE_SCREENSHOTS:-$WORK/screenshots}
 mkdir -p "$SMITE_SCREENSHOTS"
 version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py" 2>/dev/null || true)
