@@ -386,19 +386,13 @@ def _video_from_file_class():
 
 
 class FileVideo:
-    """Outside ComfyUI: a video file as a VIDEO value (the parts of ComfyUI's ``VideoInput`` the pack and the
-    graph runner use)."""
+    """Outside ComfyUI: a video file as a VIDEO value (the part of ComfyUI's ``VideoInput`` the pack reads)."""
 
     def __init__(self, path: str):
         self.path = path
 
     def get_stream_source(self) -> str:
         return self.path
-
-    def save_to(self, path: str, **_) -> None:
-        import shutil
-
-        shutil.copyfile(self.path, path)
 
     def __repr__(self) -> str:
         return f"FileVideo({self.path!r})"

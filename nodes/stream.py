@@ -18,7 +18,7 @@ import torch
 
 from smite_core.errors import InputError
 from smite_core.io.mattes import EXR_COMPRESSIONS, MATTE_FORMATS, MATTE_KINDS, MatteSettings, part_index
-from smite_core.io.video_io import FrameSource, open_video_stream
+from smite_core.io.video_io import DEFAULT_FPS, FrameSource, open_video_stream
 from smite_core.method.export import export_segmentation
 from smite_core.method.inversion import DEFAULT_TIMESTEPS, check_timesteps
 from smite_core.method.segment import SegmentConfig, segment_stream
@@ -50,8 +50,8 @@ def check_folder_name(name) -> str:
     text = str(name if name is not None else "").strip()
     if not text:
         raise InputError("folder_name: empty; give a name for the output folder (e.g. shot010)")
-    if ("/" in text or "\\" in text or "\x00" in text or text in (".", "..") or ".." in text
-            or re.match(r"^[A-Za-z]:", text) or text.startswith(".")):
+    if ("/" in text or "\\" in text or "\x00" in text or ".." in text or text.startswith(".")
+            or re.match(r"^[A-Za-z]:", text)):
         raise InputError(f"folder_name: {text!r} is not a plain folder name (no '/', '\\', '..', drive or leading "
                          "'.'); the folder is made inside ComfyUI's output folder")
     return text
@@ -62,7 +62,8 @@ def reserve_folder(root: str, name: str) -> str:
     case-insensitive file system would): made with an exclusive ``mkdir``, so two ComfyUI servers sharing an output
     folder never pick the same one, and a run never replaces an earlier one."""
     os.makedirs(root, exist_ok=True)
-    numbers = [int(m["n"]) for m in map(_NUMBERED.match, os.listdir(root)) if m and m["name"].casefold() == name.casefold()]
+    matches = [_NUMBERED.match(entry) for entry in os.listdir(root)]
+    numbers = [int(m["n"]) for m in matches if m and m["name"].casefold() == name.casefold()]
     number = max(numbers, default=0) + 1
     while True:
         path = os.path.join(root, f"{name}_{number:05d}")
@@ -81,7 +82,7 @@ def frame_source(video) -> FrameSource:
         return open_video_stream(source, f"video {os.path.basename(source)}" if isinstance(source, str) else "video")
     if not isinstance(source, torch.Tensor):
         raise InputError(f"video: its frames are a {type(source).__name__}, not an IMAGE batch")
-    return FrameSource.from_tensor(source, fps=fps if fps and fps > 0 else 24.0)
+    return FrameSource.from_tensor(source, fps=fps if fps and fps > 0 else DEFAULT_FPS)
 
 
 def _matte_widgets() -> dict:
@@ -92,8 +93,9 @@ def _matte_widgets() -> dict:
             ("png16", "Per-part 16-bit greyscale PNG sequences (mattes_16bit/ when 8-bit is written too)."),
             ("exr", "One multi-layer half-float EXR per frame, exr/<frame>.exr, a layer <part>.A per part "
                     "(needs the OpenEXR package: pip install openexr)."))},
-        "matte_kind": (list(MATTE_KINDS), {"default": d.kind, "tooltip": "soft: each part's probability (a pixel's "
-                                                                          "parts sum to white); hard: the label map's parts."}),
+        "matte_kind": (list(MATTE_KINDS), {"default": d.kind,
+                                           "tooltip": "soft: each part's probability (a pixel's parts sum to white); "
+                                                      "hard: the label map's parts."}),
         "start_frame": ("INT", {**widget(MatteSettings, "start_frame"),
                                 "tooltip": "Frame number of the first frame in the matte file names (e.g. 1001)."}),
         "frame_padding": ("INT", {**widget(MatteSettings, "frame_padding"),
@@ -125,7 +127,8 @@ class SegmentVideoToFiles:
                 "preview": ("STRING", {"default": "overlay",
                                        "tooltip": "The VIDEO output: 'overlay' (overlay.mp4), a part (name or index) "
                                                   "whose matte is written as a greyscale video, matte_<part>.mp4, or "
-                                                  "'none' (no video: the fastest, for farms that want only the files)."}),
+                                                  "'none' (no video: the fastest, for farms that want only the "
+                                                  "files)."}),
             },
             "optional": dict(segment["optional"]),
         }
@@ -147,7 +150,8 @@ class SegmentVideoToFiles:
         return widget_problem(
             ((size,), lambda s: check_value("size", s, 0, MAX_SIDE, integer=True)),
             ((timestep_min, timestep_max), lambda a, b: check_timesteps((a, b))),
-            ((window, overlap, guide_steps), lambda w, o, g: SegmentConfig(window=w, overlap=o, guide_steps=g).validate()),
+            ((window, overlap, guide_steps),
+             lambda w, o, g: SegmentConfig(window=w, overlap=o, guide_steps=g).validate()),
             ((start_frame, frame_padding), lambda s, f: MatteSettings(start_frame=s, frame_padding=f).validate()),
             ((folder_name,), check_folder_name))
 
@@ -157,7 +161,6 @@ class SegmentVideoToFiles:
                 folder_name=DEFAULT_FOLDER, png8_mattes=False, png16_mattes=False, exr_mattes=False,
                 matte_kind=MATTES.kind, start_frame=MATTES.start_frame, frame_padding=MATTES.frame_padding,
                 exr_compression=MATTES.exr_compression, preview="overlay", track_vote=None, low_pass=None):
-        check_timesteps((timestep_min, timestep_max))
         config = guided_config(int(size) or None, (timestep_min, timestep_max), random_seed, inflate, window, overlap,
                                guide_steps, track_vote, low_pass)
         chosen = dict(zip(MATTE_FORMATS, (png8_mattes, png16_mattes, exr_mattes)))
@@ -183,8 +186,8 @@ class SegmentVideoToFiles:
                 raise
         written = summary["matte_video"] or summary["overlay"]
         if written is None:
-            return {"ui": {}, "result": (host.blocked_output("SMITE Segment Video To Files: preview is 'none', no video "
-                                                             "was written"), out)}
+            blocked = host.blocked_output("SMITE Segment Video To Files: preview is 'none', no video was written")
+            return {"ui": {}, "result": (blocked, out)}
         subfolder = os.path.relpath(out, root).replace(os.sep, "/")
         ui = {"images": [{"filename": os.path.basename(written), "subfolder": subfolder, "type": "output"}],
               "animated": (True,)}

@@ -71,7 +71,7 @@ def run_path(path: str, count: int, pack_root: Path, video: str | None) -> dict:
                 kept.append(nodes["SMITE_SegmentVideoToFiles"].segment(
                     model, embedding, host.video_from_file(video), size=64, window=16, overlap=0, guide_steps=0,
                     edge_aware=False, preview="none"))
-                return {"path": path, "frames": count, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                return {"path": path, "frames": count, "peak": _peak_rss()}
         frames = synthetic_frames(count)
         latent = nodes["SMITE_InvertVideo"].invert(model, frames, size=64)[0]
         segments = nodes["SMITE_InflatedUNetSegment"].segment(model, embedding, latent, window=16, overlap=0,
@@ -85,7 +85,12 @@ def run_path(path: str, count: int, pack_root: Path, video: str | None) -> dict:
             kept += list(nodes["SMITE_LabelMapImage"].convert(segments))
         if path in ("overlay", "all"):
             kept += list(nodes["SMITE_Overlay"].paint(segments))
-    return {"path": path, "frames": count, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {"path": path, "frames": count, "peak": _peak_rss()}
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def write_video(path: Path, count: int) -> None:

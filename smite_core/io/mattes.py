@@ -202,7 +202,8 @@ class MatteWriter:
     def record(self) -> dict:
         """What ``segments.json`` says of the mattes: formats, kind, numbering, and each part's file name."""
         s = self.settings
-        return {"formats": list(s.formats), "kind": s.kind, "start_frame": s.start_frame, "frame_padding": s.frame_padding,
+        return {"formats": list(s.formats), "kind": s.kind, "start_frame": s.start_frame,
+                "frame_padding": s.frame_padding,
                 "folders": {fmt: self._png_root(fmt) for fmt in self.pngs},
                 "exr": {"folder": "exr", "compression": s.exr_compression, "channel": "<part>.A"}
                 if "exr" in s.formats else None, "parts": self.parts}
